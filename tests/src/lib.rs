@@ -1,0 +1,1 @@
+//! Test harness: starts a real wharf process on ephemeral ports.
