@@ -1,0 +1,2 @@
+//! Protocol sessions.
+pub mod amqp;
