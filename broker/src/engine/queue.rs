@@ -1,0 +1,1047 @@
+//! Queues: messages ready, delayed and in flight, the consumers they are pushed to, and the
+//! leases that bring them back.
+//!
+//! ### Invariants
+//! - A message is in exactly one of `ready`, `delayed` or `in_flight`, or gone.
+//! - Every in-flight message holds a lease: a consumer lease (returns to ready when its channel
+//!   closes or it is nacked with requeue) or a deadline lease (returns to ready at the deadline).
+//! - A persistent message of a durable queue has a `msg_id` in the store; it is acked in the store
+//!   exactly when it leaves the queue for good.
+//! - `Outbound` events are sent while the state lock is held, so a consumer sees deliveries of one
+//!   queue in dispatch order; senders are unbounded and never block.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::error::{EngineError, EngineResult};
+use super::message::{Message, SharedMessage, Table, Value};
+use super::{ChannelCredit, ChannelHandle, ConnectionId, Delivery, DeliveryId, Outbound, Shared};
+use crate::store::{Lsn, QueueId};
+
+/// What to do when a queue is full (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+/// The queue settings the engine acts on, parsed once from the declare arguments (AMQP
+/// x-arguments; SQS attributes map onto the same fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueArgs {
+    pub message_ttl_ms: Option<u64>,
+    pub expires_ms: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+}
+
+impl QueueArgs {
+    /// Parses and validates x-arguments as RabbitMQ does (406 with its wording when invalid).
+    pub fn parse(queue: &str, vhost: &str, args: &Table) -> EngineResult<QueueArgs> {
+        let invalid = |arg: &str, why: &str| {
+            EngineError::precondition(format!(
+                "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        };
+        let non_neg = |arg: &str| -> EngineResult<Option<u64>> {
+            match args.get(arg) {
+                None => Ok(None),
+                Some(v) => match v.as_i64() {
+                    Some(n) if n >= 0 => Ok(Some(n as u64)),
+                    Some(n) => Err(invalid(arg, &format!("{{value_negative,{n}}}"))),
+                    None => Err(invalid(arg, "{unacceptable_type}")),
+                },
+            }
+        };
+        let string = |arg: &str| -> EngineResult<Option<String>> {
+            match args.get(arg) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(|s| Some(s.to_string()))
+                    .ok_or_else(|| invalid(arg, "{unacceptable_type}")),
+            }
+        };
+        let expires_ms = non_neg("x-expires")?;
+        if expires_ms == Some(0) {
+            return Err(invalid("x-expires", "{value_zero}"));
+        }
+        let overflow = match string("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => {
+                return Err(invalid("x-overflow", &format!("{{invalid_value,{other}}}")))
+            }
+        };
+        let max_priority = match non_neg("x-max-priority")? {
+            None => None,
+            Some(p) if p <= 255 => Some(p as u8),
+            Some(p) => {
+                return Err(invalid(
+                    "x-max-priority",
+                    &format!("{{value_too_large,{p}}}"),
+                ))
+            }
+        };
+        let single_active_consumer = match args.get("x-single-active-consumer") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("x-single-active-consumer", "{unacceptable_type}")),
+        };
+        Ok(QueueArgs {
+            message_ttl_ms: non_neg("x-message-ttl")?,
+            expires_ms,
+            max_length: non_neg("x-max-length")?,
+            max_length_bytes: non_neg("x-max-length-bytes")?,
+            overflow,
+            dead_letter_exchange: string("x-dead-letter-exchange")?,
+            dead_letter_routing_key: string("x-dead-letter-routing-key")?,
+            max_priority,
+            single_active_consumer,
+        })
+    }
+}
+
+/// Declared settings of a queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    pub durable: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<ConnectionId>,
+    pub auto_delete: bool,
+    pub arguments: Table,
+}
+
+/// A consumer registered on a queue by a session.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub tag: Arc<str>,
+    pub channel: ChannelHandle,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// `x-priority`: higher-priority consumers get messages while they have credit.
+    pub priority: i64,
+    /// Per-consumer prefetch (AMQP basic.qos with global=false); 0 = unlimited.
+    pub prefetch: u32,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: u32,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        (self.spec.no_ack || self.spec.prefetch == 0 || self.unacked < self.spec.prefetch)
+            && self.spec.channel.credit.has_credit(self.spec.no_ack)
+    }
+}
+
+/// How a message is taken from a queue without a consumer (AMQP basic.get).
+#[derive(Debug, Clone)]
+pub enum GetMode {
+    /// Removed at once (no-ack).
+    NoAck,
+    /// Leased to a channel until acked, or requeued when the channel closes.
+    Channel(ChannelHandle),
+}
+
+/// How in-flight messages are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with: removed for good.
+    Ack,
+    /// Back to the head of the queue, marked redelivered.
+    Requeue,
+    /// Rejected without requeue: dead-lettered (reason `rejected`) or dropped.
+    Reject,
+}
+
+/// Why a message is dead-lettered; the words are RabbitMQ's x-death reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+}
+
+impl DeathReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// A message held by a queue.
+#[derive(Debug, Clone)]
+struct Entry {
+    msg: SharedMessage,
+    /// Store id when the message is persisted in this queue; 0 otherwise.
+    msg_id: u64,
+    expires_at: Option<Instant>,
+    delivery_count: u32,
+    redelivered: bool,
+    priority: u8,
+}
+
+#[derive(Debug, Clone)]
+enum Lease {
+    Consumer {
+        conn: ConnectionId,
+        channel: u16,
+        tag: Arc<str>,
+        credit: Arc<ChannelCredit>,
+    },
+    Get {
+        conn: ConnectionId,
+        channel: u16,
+    },
+    Deadline {
+        at: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    entry: Entry,
+    lease: Lease,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Ready messages per priority (index = priority); one lane without x-max-priority.
+    ready: Vec<VecDeque<Entry>>,
+    ready_count: usize,
+    ready_bytes: u64,
+    delayed: BTreeMap<(Instant, u64), Entry>,
+    in_flight: HashMap<DeliveryId, InFlight>,
+    next_delivery_id: DeliveryId,
+    consumers: Vec<Consumer>,
+    /// Round-robin position among consumers of equal priority.
+    next_consumer: usize,
+    had_consumer: bool,
+    last_used: Instant,
+    deleted: bool,
+}
+
+/// Messages removed under the lock, to be dead-lettered after it is released (dead-lettering
+/// publishes to other queues, possibly this one).
+type DeadLetters = Vec<(Entry, DeathReason)>;
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: String,
+    pub id: QueueId,
+    pub vhost_name: String,
+    pub settings: QueueSettings,
+    pub args: QueueArgs,
+    me: Weak<Queue>,
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+/// What became of a message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted {
+        lsn: Lsn,
+    },
+    /// The queue is full and its overflow policy refuses publishes.
+    Rejected,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Queue {
+    pub(crate) fn new(
+        name: String,
+        id: QueueId,
+        vhost_name: String,
+        settings: QueueSettings,
+        args: QueueArgs,
+        shared: Arc<Shared>,
+    ) -> Arc<Queue> {
+        let lanes = args.max_priority.map_or(1, |p| p as usize + 1);
+        Arc::new_cyclic(|me| Queue {
+            name,
+            id,
+            vhost_name,
+            settings,
+            args,
+            me: me.clone(),
+            shared,
+            state: Mutex::new(State {
+                ready: (0..lanes).map(|_| VecDeque::new()).collect(),
+                ready_count: 0,
+                ready_bytes: 0,
+                delayed: BTreeMap::new(),
+                in_flight: HashMap::new(),
+                next_delivery_id: 1,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                had_consumer: false,
+                last_used: Instant::now(),
+                deleted: false,
+            }),
+        })
+    }
+
+    fn persistent_here(&self, msg: &Message) -> bool {
+        self.settings.durable && msg.properties.persistent() && self.shared.store.is_some()
+    }
+
+    /// Messages ready for delivery.
+    pub fn message_count(&self) -> u32 {
+        self.state.lock().ready_count as u32
+    }
+
+    /// Messages in flight (delivered, not yet settled).
+    pub fn in_flight_count(&self) -> u32 {
+        self.state.lock().in_flight.len() as u32
+    }
+
+    pub fn delayed_count(&self) -> u32 {
+        self.state.lock().delayed.len() as u32
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        self.state.lock().consumers.len() as u32
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
+    }
+
+    /// Marks the queue used now, for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = Instant::now();
+    }
+
+    /// Offers a published message. `encoded` caches the store encoding across the queues of
+    /// one publish so a fan-out encodes once.
+    pub fn publish(&self, msg: &SharedMessage, encoded: &mut Option<Bytes>) -> Enqueued {
+        let now = Instant::now();
+        let mut dead = DeadLetters::new();
+        let result = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Enqueued::Accepted { lsn: 0 };
+            }
+            let size = msg.body.len() as u64;
+            if self.is_full(&st, size) {
+                match self.args.overflow {
+                    Overflow::DropHead => {
+                        while self.is_full(&st, size) {
+                            match self.pop_ready(&mut st) {
+                                Some(e) => dead.push((e, DeathReason::MaxLen)),
+                                None => break,
+                            }
+                        }
+                    }
+                    Overflow::RejectPublish => return Enqueued::Rejected,
+                    Overflow::RejectPublishDlx => {
+                        drop(st);
+                        let entry = self.entry(msg.clone(), 0, now);
+                        self.shared.memory_add(msg.size_bytes() as i64);
+                        self.dead_letter(vec![(entry, DeathReason::MaxLen)]);
+                        return Enqueued::Rejected;
+                    }
+                }
+            }
+            let mut lsn = 0;
+            let mut msg_id = 0;
+            if self.persistent_here(msg) {
+                if let Some(store) = &self.shared.store {
+                    msg_id = self.shared.next_msg_id.fetch_add(1, Ordering::Relaxed);
+                    let payload = encoded.get_or_insert_with(|| msg.encode()).clone();
+                    // Under the queue lock, so the enqueue record precedes any ack record of it.
+                    lsn = store.enqueue(msg_id, &[self.id], payload);
+                }
+            }
+            let entry = self.entry(msg.clone(), msg_id, now);
+            self.shared.memory_add(msg.size_bytes() as i64);
+            self.push_ready(&mut st, entry, false);
+            self.dispatch(&mut st, now, &mut dead);
+            // A TTL of zero means "deliver now or never": whatever no consumer took expires.
+            self.expire_heads(&mut st, Instant::now(), &mut dead);
+            Enqueued::Accepted { lsn }
+        };
+        self.dead_letter(dead);
+        result
+    }
+
+    /// Puts back a message recovered from the store at startup.
+    pub(crate) fn restore(&self, msg: SharedMessage, msg_id: u64) {
+        let mut st = self.state.lock();
+        let mut entry = self.entry(msg, msg_id, Instant::now());
+        // It may have been delivered before the restart; say so, as RabbitMQ does.
+        entry.redelivered = true;
+        self.shared.memory_add(entry.msg.size_bytes() as i64);
+        self.push_ready(&mut st, entry, false);
+    }
+
+    fn entry(&self, msg: SharedMessage, msg_id: u64, now: Instant) -> Entry {
+        let ttl = match (self.args.message_ttl_ms, msg.properties.expiration_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let priority = match self.args.max_priority {
+            Some(max) => msg.properties.priority.unwrap_or(0).min(max),
+            None => 0,
+        };
+        Entry {
+            msg,
+            msg_id,
+            expires_at: ttl.map(|ms| now + Duration::from_millis(ms)),
+            delivery_count: 0,
+            redelivered: false,
+            priority,
+        }
+    }
+
+    fn is_full(&self, st: &State, incoming_bytes: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| st.ready_count as u64 >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| st.ready_bytes + incoming_bytes > max)
+    }
+
+    fn push_ready(&self, st: &mut State, entry: Entry, front: bool) {
+        st.ready_count += 1;
+        st.ready_bytes += entry.msg.body.len() as u64;
+        let lane = &mut st.ready[entry.priority as usize];
+        if front {
+            lane.push_front(entry);
+        } else {
+            lane.push_back(entry);
+        }
+    }
+
+    fn pop_ready(&self, st: &mut State) -> Option<Entry> {
+        let entry = st
+            .ready
+            .iter_mut()
+            .rev()
+            .find_map(|lane| lane.pop_front())?;
+        st.ready_count -= 1;
+        st.ready_bytes -= entry.msg.body.len() as u64;
+        Some(entry)
+    }
+
+    /// Drops expired messages at the head of each lane (RabbitMQ expires at the head only).
+    fn expire_heads(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        for lane in 0..st.ready.len() {
+            while st.ready[lane]
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|t| t < now))
+            {
+                let Some(e) = st.ready[lane].pop_front() else {
+                    break;
+                };
+                st.ready_count -= 1;
+                st.ready_bytes -= e.msg.body.len() as u64;
+                dead.push((e, DeathReason::Expired));
+            }
+        }
+    }
+
+    /// Picks the consumer for the next message: the highest priority with credit, round-robin
+    /// among equals; only the first consumer when single-active-consumer is on.
+    fn pick_consumer(&self, st: &State) -> Option<usize> {
+        if self.args.single_active_consumer {
+            return st.consumers.first().filter(|c| c.has_credit()).map(|_| 0);
+        }
+        let n = st.consumers.len();
+        let mut best: Option<(i64, usize)> = None;
+        for i in 0..n {
+            let idx = (st.next_consumer + i) % n;
+            let c = &st.consumers[idx];
+            if !c.has_credit() {
+                continue;
+            }
+            if best.is_none_or(|(p, _)| c.spec.priority > p) {
+                best = Some((c.spec.priority, idx));
+            }
+        }
+        best.map(|(_, idx)| idx)
+    }
+
+    /// Pushes ready messages to consumers with credit.
+    fn dispatch(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        while st.ready_count > 0 && !st.consumers.is_empty() {
+            self.expire_heads(st, now, dead);
+            let Some(idx) = self.pick_consumer(st) else {
+                return;
+            };
+            let Some(mut entry) = self.pop_ready(st) else {
+                return;
+            };
+            st.next_consumer = idx + 1;
+            entry.delivery_count += 1;
+            let consumer = &st.consumers[idx];
+            let spec = consumer.spec.clone();
+            let id = if spec.no_ack {
+                0
+            } else {
+                let id = st.next_delivery_id;
+                st.next_delivery_id += 1;
+                id
+            };
+            let delivery = Delivery {
+                queue: self.me.upgrade(),
+                id,
+                message: entry.msg.clone(),
+                redelivered: entry.redelivered,
+                delivery_count: entry.delivery_count,
+                message_count: st.ready_count as u32,
+            };
+            let sent = spec
+                .channel
+                .tx
+                .send(Outbound::Deliver {
+                    channel: spec.channel.channel,
+                    consumer_tag: spec.tag.clone(),
+                    delivery,
+                })
+                .is_ok();
+            if !sent {
+                // The session is gone; its close will release the rest. Keep the message.
+                entry.delivery_count -= 1;
+                self.push_ready(st, entry, true);
+                st.consumers.remove(idx);
+                continue;
+            }
+            if spec.no_ack {
+                self.forget(&entry);
+            } else {
+                st.consumers[idx].unacked += 1;
+                spec.channel.credit.unacked.fetch_add(1, Ordering::AcqRel);
+                st.in_flight.insert(
+                    id,
+                    InFlight {
+                        entry,
+                        lease: Lease::Consumer {
+                            conn: spec.channel.conn,
+                            channel: spec.channel.channel,
+                            tag: spec.tag.clone(),
+                            credit: spec.channel.credit.clone(),
+                        },
+                    },
+                );
+            }
+        }
+    }
+
+    /// The message leaves this queue for good: its store record and memory are released.
+    fn forget(&self, entry: &Entry) {
+        if entry.msg_id != 0 {
+            if let Some(store) = &self.shared.store {
+                store.ack(self.id, entry.msg_id);
+            }
+        }
+        self.shared.memory_add(-(entry.msg.size_bytes() as i64));
+    }
+
+    /// Registers a consumer. Refused with 403 when an exclusive consumer holds the queue or an
+    /// exclusive consumer is asked for a queue that has consumers, as RabbitMQ does.
+    pub fn consume(&self, spec: ConsumerSpec) -> EngineResult<()> {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Err(EngineError::not_found(format!(
+                    "no queue '{}' in vhost '{}'",
+                    self.name, self.vhost_name
+                )));
+            }
+            if st.consumers.iter().any(|c| c.spec.exclusive)
+                || (spec.exclusive && !st.consumers.is_empty())
+            {
+                return Err(EngineError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost_name
+                )));
+            }
+            st.had_consumer = true;
+            st.last_used = Instant::now();
+            st.consumers.push(Consumer { spec, unacked: 0 });
+            self.dispatch(&mut st, Instant::now(), &mut dead);
+        }
+        self.dead_letter(dead);
+        Ok(())
+    }
+
+    /// Removes a consumer; its unacked messages stay leased to the channel. Returns whether
+    /// the queue should now be auto-deleted.
+    pub fn cancel(&self, conn: ConnectionId, channel: u16, tag: &str) -> bool {
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        st.consumers.retain(|c| {
+            !(c.spec.channel.conn == conn
+                && c.spec.channel.channel == channel
+                && &*c.spec.tag == tag)
+        });
+        let removed = st.consumers.len() != before;
+        st.last_used = Instant::now();
+        let mut dead = DeadLetters::new();
+        // Single active consumer: the next one takes over.
+        self.dispatch(&mut st, Instant::now(), &mut dead);
+        let auto_delete = removed && self.should_auto_delete(&st);
+        drop(st);
+        self.dead_letter(dead);
+        auto_delete
+    }
+
+    fn should_auto_delete(&self, st: &State) -> bool {
+        self.settings.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+    }
+
+    /// Takes one message without a consumer. Returns it with the number of messages left.
+    pub fn get(&self, mode: GetMode) -> Option<Delivery> {
+        let now = Instant::now();
+        let mut dead = DeadLetters::new();
+        let result = {
+            let mut st = self.state.lock();
+            st.last_used = now;
+            self.expire_heads(&mut st, now, &mut dead);
+            let mut entry = self.pop_ready(&mut st)?;
+            entry.delivery_count += 1;
+            let mut delivery = Delivery {
+                queue: self.me.upgrade(),
+                id: 0,
+                message: entry.msg.clone(),
+                redelivered: entry.redelivered,
+                delivery_count: entry.delivery_count,
+                message_count: st.ready_count as u32,
+            };
+            match mode {
+                GetMode::NoAck => self.forget(&entry),
+                GetMode::Channel(ch) => {
+                    let id = st.next_delivery_id;
+                    st.next_delivery_id += 1;
+                    delivery.id = id;
+                    st.in_flight.insert(
+                        id,
+                        InFlight {
+                            entry,
+                            lease: Lease::Get {
+                                conn: ch.conn,
+                                channel: ch.channel,
+                            },
+                        },
+                    );
+                }
+            }
+            Some(delivery)
+        };
+        self.dead_letter(dead);
+        result
+    }
+
+    /// Takes up to `max` messages under a deadline lease (SQS ReceiveMessage): each becomes
+    /// ready again after `visibility` unless settled first.
+    pub fn receive(&self, max: usize, visibility: Duration) -> Vec<Delivery> {
+        let now = Instant::now();
+        let mut dead = DeadLetters::new();
+        let mut out = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.last_used = now;
+            while out.len() < max {
+                self.expire_heads(&mut st, now, &mut dead);
+                let Some(mut entry) = self.pop_ready(&mut st) else {
+                    break;
+                };
+                entry.delivery_count += 1;
+                let id = st.next_delivery_id;
+                st.next_delivery_id += 1;
+                out.push(Delivery {
+                    queue: self.me.upgrade(),
+                    id,
+                    message: entry.msg.clone(),
+                    redelivered: entry.redelivered,
+                    delivery_count: entry.delivery_count,
+                    message_count: st.ready_count as u32,
+                });
+                st.in_flight.insert(
+                    id,
+                    InFlight {
+                        entry,
+                        lease: Lease::Deadline {
+                            at: now + visibility,
+                        },
+                    },
+                );
+            }
+        }
+        self.dead_letter(dead);
+        out
+    }
+
+    /// Settles in-flight messages by delivery id. Unknown ids are reported back (AMQP: 406
+    /// "unknown delivery tag"). Returns the ids that were not in flight.
+    pub fn settle(&self, ids: &[DeliveryId], how: Settle) -> Vec<DeliveryId> {
+        let mut unknown = Vec::new();
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            // Requeued messages go back to the head in their original order.
+            let mut requeue = Vec::new();
+            for &id in ids {
+                let Some(inflight) = st.in_flight.remove(&id) else {
+                    unknown.push(id);
+                    continue;
+                };
+                self.release_credit(&mut st, &inflight.lease);
+                match how {
+                    Settle::Ack => self.forget(&inflight.entry),
+                    Settle::Requeue => requeue.push((id, inflight.entry)),
+                    Settle::Reject => dead.push((inflight.entry, DeathReason::Rejected)),
+                }
+            }
+            requeue.sort_by_key(|(id, _)| *id);
+            for (_, mut entry) in requeue.into_iter().rev() {
+                entry.redelivered = true;
+                self.push_ready(&mut st, entry, true);
+            }
+            self.dispatch(&mut st, Instant::now(), &mut dead);
+        }
+        self.dead_letter(dead);
+        unknown
+    }
+
+    fn release_credit(&self, st: &mut State, lease: &Lease) {
+        if let Lease::Consumer {
+            conn,
+            channel,
+            tag,
+            credit,
+        } = lease
+        {
+            if let Some(c) = st.consumers.iter_mut().find(|c| {
+                c.spec.channel.conn == *conn
+                    && c.spec.channel.channel == *channel
+                    && c.spec.tag == *tag
+            }) {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+            // The channel's counter holds the message even when its consumer was cancelled.
+            credit.release(1);
+        }
+    }
+
+    /// Changes the deadline of a message under a deadline lease (SQS ChangeMessageVisibility).
+    /// A zero visibility makes it ready at once. Returns false when it is not in flight.
+    pub fn change_visibility(&self, id: DeliveryId, visibility: Duration) -> bool {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let Some(inflight) = st.in_flight.get_mut(&id) else {
+            return false;
+        };
+        if !matches!(inflight.lease, Lease::Deadline { .. }) {
+            return false;
+        }
+        inflight.lease = Lease::Deadline {
+            at: now + visibility,
+        };
+        if visibility.is_zero() {
+            drop(st);
+            self.settle(&[id], Settle::Requeue);
+        }
+        true
+    }
+
+    /// Gives the channel's consumers' credit a chance after acks on another queue freed
+    /// channel-wide prefetch, or after channel.flow turned delivery back on.
+    pub fn kick(&self) {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch(&mut st, Instant::now(), &mut dead);
+        }
+        self.dead_letter(dead);
+    }
+
+    /// The channel closed: its consumers go, its leased messages return to ready (redelivered).
+    /// Returns whether the queue should now be auto-deleted.
+    pub fn release_channel(&self, conn: ConnectionId, channel: u16) -> bool {
+        let mut dead = DeadLetters::new();
+        let auto_delete = {
+            let mut st = self.state.lock();
+            let before = st.consumers.len();
+            st.consumers
+                .retain(|c| !(c.spec.channel.conn == conn && c.spec.channel.channel == channel));
+            let removed = before != st.consumers.len();
+            let mut ids: Vec<DeliveryId> = st
+                .in_flight
+                .iter()
+                .filter(|(_, f)| match &f.lease {
+                    Lease::Consumer {
+                        conn: c,
+                        channel: ch,
+                        ..
+                    }
+                    | Lease::Get {
+                        conn: c,
+                        channel: ch,
+                    } => *c == conn && *ch == channel,
+                    Lease::Deadline { .. } => false,
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            for id in ids.into_iter().rev() {
+                if let Some(f) = st.in_flight.remove(&id) {
+                    let mut entry = f.entry;
+                    entry.redelivered = true;
+                    self.push_ready(&mut st, entry, true);
+                }
+            }
+            self.dispatch(&mut st, Instant::now(), &mut dead);
+            removed && self.should_auto_delete(&st)
+        };
+        self.dead_letter(dead);
+        auto_delete
+    }
+
+    /// Removes all ready messages; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let mut n = 0;
+        let mut ids = Vec::new();
+        let mut bytes = 0i64;
+        for lane in st.ready.iter_mut() {
+            for e in lane.drain(..) {
+                n += 1;
+                bytes += e.msg.size_bytes() as i64;
+                if e.msg_id != 0 {
+                    ids.push(e.msg_id);
+                }
+            }
+        }
+        for (_, e) in std::mem::take(&mut st.delayed) {
+            n += 1;
+            bytes += e.msg.size_bytes() as i64;
+            if e.msg_id != 0 {
+                ids.push(e.msg_id);
+            }
+        }
+        st.ready_count = 0;
+        st.ready_bytes = 0;
+        drop(st);
+        if !ids.is_empty() {
+            if let Some(store) = &self.shared.store {
+                store.ack_many(self.id, &ids);
+            }
+        }
+        self.shared.memory_add(-bytes);
+        n
+    }
+
+    /// Marks the queue deleted: consumers are told (`Outbound::Cancel`), messages dropped.
+    /// Returns the number of ready messages it held.
+    pub(crate) fn mark_deleted(&self) -> u32 {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return 0;
+        }
+        st.deleted = true;
+        let count = st.ready_count as u32;
+        for c in st.consumers.drain(..) {
+            let _ = c.spec.channel.tx.send(Outbound::Cancel {
+                channel: c.spec.channel.channel,
+                consumer_tag: c.spec.tag.clone(),
+            });
+        }
+        let mut bytes = 0i64;
+        for lane in st.ready.iter_mut() {
+            bytes += lane
+                .drain(..)
+                .map(|e| e.msg.size_bytes() as i64)
+                .sum::<i64>();
+        }
+        bytes += std::mem::take(&mut st.delayed)
+            .into_values()
+            .map(|e| e.msg.size_bytes() as i64)
+            .sum::<i64>();
+        bytes += st
+            .in_flight
+            .drain()
+            .map(|(_, f)| {
+                if let Lease::Consumer { credit, .. } = &f.lease {
+                    credit.release(1);
+                }
+                f.entry.msg.size_bytes() as i64
+            })
+            .sum::<i64>();
+        st.ready_count = 0;
+        st.ready_bytes = 0;
+        drop(st);
+        self.shared.memory_add(-bytes);
+        if self.settings.durable {
+            if let Some(store) = &self.shared.store {
+                store.drop_queue(self.id);
+            }
+        }
+        count
+    }
+
+    /// Periodic work: delayed messages become ready, TTLs expire, deadline leases lapse.
+    /// Returns true when the queue is unused past `x-expires` and should be deleted.
+    pub(crate) fn tick(&self, now: Instant) -> bool {
+        let mut dead = DeadLetters::new();
+        let expired_unused = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return false;
+            }
+            while let Some(entry) = st.delayed.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let e = entry.remove();
+                self.push_ready(&mut st, e, false);
+            }
+            let lapsed: Vec<DeliveryId> = st
+                .in_flight
+                .iter()
+                .filter(|(_, f)| matches!(f.lease, Lease::Deadline { at } if at <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lapsed {
+                if let Some(f) = st.in_flight.remove(&id) {
+                    let mut entry = f.entry;
+                    entry.redelivered = true;
+                    self.push_ready(&mut st, entry, true);
+                }
+            }
+            self.expire_heads(&mut st, now, &mut dead);
+            self.dispatch(&mut st, now, &mut dead);
+            self.args.expires_ms.is_some_and(|ms| {
+                st.consumers.is_empty()
+                    && now.duration_since(st.last_used) >= Duration::from_millis(ms)
+            })
+        };
+        self.dead_letter(dead);
+        expired_unused
+    }
+
+    /// Whether this queue has time-driven work for [`Queue::tick`].
+    pub(crate) fn needs_tick(&self) -> bool {
+        self.args.message_ttl_ms.is_some() || self.args.expires_ms.is_some() || {
+            let st = self.state.lock();
+            !st.delayed.is_empty()
+                || st
+                    .ready
+                    .iter()
+                    .any(|l| l.iter().any(|e| e.expires_at.is_some()))
+                || st
+                    .in_flight
+                    .values()
+                    .any(|f| matches!(f.lease, Lease::Deadline { .. }))
+        }
+    }
+
+    /// Re-publishes messages to the dead-letter exchange with their x-death history, or drops
+    /// them when the queue has none. Called without the state lock.
+    fn dead_letter(&self, dead: DeadLetters) {
+        if dead.is_empty() {
+            return;
+        }
+        let target = self.args.dead_letter_exchange.as_ref().and_then(|dlx| {
+            self.shared
+                .vhost(&self.vhost_name)
+                .map(|v| (v, dlx.clone()))
+        });
+        for (entry, reason) in dead {
+            if let Some((vhost, dlx)) = &target {
+                let msg = self.with_death(&entry.msg, reason);
+                // A missing dead-letter exchange drops the message, as in RabbitMQ.
+                let _ = vhost.publish(dlx, msg);
+            }
+            self.forget(&entry);
+        }
+    }
+
+    /// The message as dead-lettered: new routing key if configured, `expiration` moved into
+    /// x-death's `original-expiration`, and the x-death entry for (queue, reason) counted up
+    /// and moved first.
+    fn with_death(&self, msg: &Message, reason: DeathReason) -> Message {
+        let mut out = msg.clone();
+        let mut headers = out.properties.headers.take().unwrap_or_default();
+        let mut deaths = match headers.remove("x-death") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        let same = |t: &Table| {
+            t.get("queue").and_then(Value::as_str) == Some(self.name.as_str())
+                && t.get("reason").and_then(Value::as_str) == Some(reason.as_str())
+        };
+        let prior = deaths
+            .iter()
+            .position(|d| matches!(d, Value::Table(t) if same(t)))
+            .map(|i| deaths.remove(i));
+        let count = match &prior {
+            Some(Value::Table(t)) => t.get("count").and_then(Value::as_i64).unwrap_or(0) + 1,
+            _ => 1,
+        };
+        let mut death = Table::new();
+        death.insert("count".into(), Value::I64(count));
+        death.insert("reason".into(), Value::long_string(reason.as_str()));
+        death.insert("queue".into(), Value::long_string(self.name.clone()));
+        death.insert("time".into(), Value::Timestamp(now_millis() / 1000));
+        death.insert("exchange".into(), Value::long_string(msg.exchange.clone()));
+        death.insert(
+            "routing-keys".into(),
+            Value::Array(vec![Value::long_string(msg.routing_key.clone())]),
+        );
+        if let Some(exp) = out.properties.expiration.take() {
+            death.insert("original-expiration".into(), Value::long_string(exp));
+        }
+        deaths.insert(0, Value::Table(death));
+        headers.insert("x-death".into(), Value::Array(deaths));
+        if !headers.contains_key("x-first-death-reason") {
+            headers.insert(
+                "x-first-death-reason".into(),
+                Value::long_string(reason.as_str()),
+            );
+            headers.insert(
+                "x-first-death-queue".into(),
+                Value::long_string(self.name.clone()),
+            );
+            headers.insert(
+                "x-first-death-exchange".into(),
+                Value::long_string(msg.exchange.clone()),
+            );
+        }
+        out.properties.headers = Some(headers);
+        if let Some(key) = &self.args.dead_letter_routing_key {
+            out.routing_key = key.clone();
+        }
+        out
+    }
+}
