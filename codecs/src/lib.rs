@@ -2,3 +2,4 @@
 //! bytes in, frames out, and back. Every decoder is safe on hostile input.
 
 pub mod amqp;
+pub mod mqtt;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use super::error::{EngineError, EngineResult};
 use super::message::{Table, Value};
 use super::topic::TopicTrie;
 
@@ -197,6 +198,24 @@ impl Exchange {
                 }
             }
         }
+    }
+}
+
+/// Checks binding arguments as RabbitMQ does when a binding is added: on a headers exchange,
+/// `x-match` must be one of the four modes (406 otherwise).
+pub fn validate_binding(kind: ExchangeKind, arguments: &Table) -> EngineResult<()> {
+    if kind != ExchangeKind::Headers {
+        return Ok(());
+    }
+    match arguments.get("x-match") {
+        None => Ok(()),
+        Some(v) => match v.as_str() {
+            Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            other => Err(EngineError::precondition(format!(
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                other.map_or_else(|| format!("{v:?}"), |s| format!("<<\"{s}\">>"))
+            ))),
+        },
     }
 }
 

@@ -358,6 +358,15 @@ impl Queue {
                                 None => break,
                             }
                         }
+                        if self.is_full(&st, size) {
+                            // Nothing older is left to drop (x-max-length 0, or a message over
+                            // x-max-length-bytes alone): the new message is the head that goes.
+                            drop(st);
+                            self.shared.memory_add(msg.size_bytes() as i64);
+                            dead.push((self.entry(msg.clone(), 0, now), DeathReason::MaxLen));
+                            self.dead_letter(dead);
+                            return Enqueued::Accepted { lsn: 0 };
+                        }
                     }
                     Overflow::RejectPublish => return Enqueued::Rejected,
                     Overflow::RejectPublishDlx => {
@@ -979,7 +988,10 @@ impl Queue {
         });
         for (entry, reason) in dead {
             if let Some((vhost, dlx)) = &target {
-                let msg = self.with_death(&entry.msg, reason);
+                let mut msg = self.with_death(&entry.msg, reason);
+                // Delivered from the dead-letter exchange, as RabbitMQ shows it; x-death keeps
+                // the original one.
+                msg.exchange = dlx.clone();
                 // A missing dead-letter exchange drops the message, as in RabbitMQ.
                 let _ = vhost.publish(dlx, msg);
             }

@@ -46,10 +46,20 @@ impl<V> Default for TopicTrie<V> {
     }
 }
 
+/// The words of a key or pattern. The empty string has no words (not one empty word), as in
+/// RabbitMQ: `*` does not match the empty key, and the empty pattern matches only it.
+fn split_words(s: &str) -> Vec<&str> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('.').collect()
+    }
+}
+
 impl<V: PartialEq + Clone> TopicTrie<V> {
     pub fn insert(&mut self, pattern: &str, value: V) {
         let mut node = &mut self.root;
-        for word in pattern.split('.') {
+        for word in split_words(pattern) {
             node = match word {
                 "*" => node.star.get_or_insert_with(Default::default),
                 "#" => node.hash.get_or_insert_with(Default::default),
@@ -63,15 +73,13 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
 
     /// Removes `value` bound with `pattern`; prunes emptied branches.
     pub fn remove(&mut self, pattern: &str, value: &V) {
-        let words: Vec<&str> = pattern.split('.').collect();
-        remove_at(&mut self.root, &words, value);
+        remove_at(&mut self.root, &split_words(pattern), value);
     }
 
     /// Calls `f` for each value whose pattern matches `key`; a value bound by several matching
     /// patterns is reported once per pattern (callers deduplicate).
     pub fn for_each_match(&self, key: &str, mut f: impl FnMut(&V)) {
-        let words: Vec<&str> = key.split('.').collect();
-        walk(&self.root, &words, &mut f);
+        walk(&self.root, &split_words(key), &mut f);
     }
 }
 
@@ -142,9 +150,7 @@ mod tests {
                 Some((w, rest)) => k.first() == Some(w) && m(rest, &k[1..]),
             }
         }
-        let p: Vec<&str> = pattern.split('.').collect();
-        let k: Vec<&str> = key.split('.').collect();
-        m(&p, &k)
+        m(&split_words(pattern), &split_words(key))
     }
 
     fn matches(trie: &TopicTrie<usize>, key: &str) -> Vec<usize> {
@@ -188,5 +194,15 @@ mod tests {
         assert_eq!(matches(&trie, "a.b.c"), vec![2]);
         trie.remove("a.#", &2);
         assert!(trie.root.is_empty());
+    }
+
+    #[test]
+    fn empty_key_has_no_words() {
+        let mut trie = TopicTrie::default();
+        for (i, p) in ["*", "#.*", "", "#"].iter().enumerate() {
+            trie.insert(p, i);
+        }
+        assert_eq!(matches(&trie, ""), vec![2, 3]);
+        assert_eq!(matches(&trie, "a"), vec![0, 1, 3]);
     }
 }

@@ -125,12 +125,13 @@ impl Vhost {
         settings: ExchangeSettings,
         passive: bool,
     ) -> EngineResult<Arc<Exchange>> {
+        if name.is_empty() {
+            // Even a passive declare, as in RabbitMQ.
+            return Err(self.default_exchange_refused());
+        }
         if let Some(existing) = self.exchange(name) {
             if passive {
                 return Ok(existing);
-            }
-            if name.is_empty() {
-                return Err(self.default_exchange_refused());
             }
             let cur = &existing.settings;
             let mismatch = |arg: &str, got: &str, have: &str| {
@@ -476,6 +477,7 @@ impl Vhost {
         if exchange.is_empty() {
             return Err(self.default_exchange_refused());
         }
+        super::exchange::validate_binding(ex.settings.kind, &arguments)?;
         let added = ex.bind(Binding {
             destination: Destination::Queue(q.name.clone()),
             routing_key: routing_key.to_string(),
@@ -528,6 +530,7 @@ impl Vhost {
         if source.is_empty() || destination.is_empty() {
             return Err(self.default_exchange_refused());
         }
+        super::exchange::validate_binding(src.settings.kind, &arguments)?;
         let added = src.bind(Binding {
             destination: Destination::Exchange(dst.name.clone()),
             routing_key: routing_key.to_string(),

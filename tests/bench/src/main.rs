@@ -94,9 +94,14 @@ async fn main() -> anyhow::Result<()> {
         .queue_declare(queue.as_str().into(), declare, FieldTable::default())
         .await?;
     if persistent {
-        pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        pub_ch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         con_ch
-            .basic_qos(args.window.min(u16::MAX as u64) as u16, BasicQosOptions::default())
+            .basic_qos(
+                args.window.min(u16::MAX as u64) as u16,
+                BasicQosOptions::default(),
+            )
             .await?;
     }
     let consumer = con_ch
