@@ -30,6 +30,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::{EngineConfig, User};
 use crate::protocol::amqp::AmqpConfig;
+use crate::protocol::mqtt::MqttConfig;
 
 /// One declared field: what the reference docs and the flag help are generated from.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +117,9 @@ section! {
         /// Port 0 picks a free port; the log line `listening protocol=amqp addr=IP:PORT` tells
         /// which.
         pub amqp_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5672))),
+        /// MQTT 3.1/3.1.1/5.0 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
+        /// a free port; the log line `listening protocol=mqtt addr=IP:PORT` tells which.
+        pub mqtt_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883))),
         /// Virtual hosts that exist at start (more may come from the durable definitions).
         /// In the environment: comma-separated.
         pub vhosts: Vec<String> = vec!["/".to_string()],
@@ -140,6 +144,8 @@ section! {
         pub users: Vec<UserConfig> = vec![UserConfig::guest()],
         /// AMQP 0-9-1 protocol settings (the `[amqp]` table).
         pub amqp: AmqpSection = AmqpSection::default(),
+        /// MQTT protocol settings (the `[mqtt]` table).
+        pub mqtt: MqttSection = MqttSection::default(),
     }
 }
 
@@ -157,6 +163,25 @@ section! {
         pub heartbeat_secs: u16 = 60,
         /// Largest message body accepted. At most 512 MiB, RabbitMQ's own ceiling.
         pub message_bytes_max: u64 = 128 << 20,
+    }
+}
+
+section! {
+    /// The `[mqtt]` table: how MQTT clients map onto the engine, and their limits.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct MqttSection {
+        /// Vhost every MQTT connection uses (as RabbitMQ's `mqtt.vhost`).
+        pub vhost: String = "/".to_string(),
+        /// User a CONNECT without a user name logs in as (RabbitMQ's `mqtt.default_user`). Empty:
+        /// such a CONNECT is refused with 0x86 (3.1.x return code 4).
+        pub anonymous_user: String = String::new(),
+        /// Largest MQTT packet accepted, fixed header included; announced to MQTT 5 clients as
+        /// Maximum Packet Size. 16 MiB, RabbitMQ's default.
+        pub packet_bytes_max: u32 = 16 << 20,
+        /// Unacknowledged QoS 1/2 messages sent to a client that does not set MQTT 5's Receive
+        /// Maximum (every 3.1.x client), and the Receive Maximum announced to MQTT 5 clients.
+        pub receive_maximum: u16 = 100,
     }
 }
 
@@ -266,14 +291,22 @@ pub struct ListenerSpec {
     pub listen: fn(&Config) -> Listen,
 }
 
-/// Every listener, in start order. Planned rows: mqtt 1883, stomp 61613, ws 15674, http 4566,
+/// Every listener, in start order. Planned rows: stomp 61613, ws 15674, http 4566,
 /// management 15672, and the TLS ports.
-pub const LISTENERS: &[ListenerSpec] = &[ListenerSpec {
-    protocol: "amqp",
-    key: "amqp_listen",
-    flag: "amqp-listen",
-    listen: |c| c.amqp_listen,
-}];
+pub const LISTENERS: &[ListenerSpec] = &[
+    ListenerSpec {
+        protocol: "amqp",
+        key: "amqp_listen",
+        flag: "amqp-listen",
+        listen: |c| c.amqp_listen,
+    },
+    ListenerSpec {
+        protocol: "mqtt",
+        key: "mqtt_listen",
+        flag: "mqtt-listen",
+        listen: |c| c.mqtt_listen,
+    },
+];
 
 /// Flags that set a config key, besides the listeners': (key, flag, value name).
 const FLAG_OPTIONS: &[(&str, &str, &str)] =
@@ -344,6 +377,8 @@ fn flag_options() -> Vec<(&'static str, &'static str, &'static str)> {
 
 /// What the command line asked for.
 #[derive(Debug)]
+// Built once at startup: the size of the Run variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// Run the broker with this configuration; `warnings` are for the log once it is up.
     Run {
@@ -664,6 +699,15 @@ impl Config {
                 self.amqp.frame_max_bytes
             ));
         }
+        if self.mqtt.receive_maximum == 0 {
+            errors.push("mqtt.receive_maximum: must be 1 to 65535".to_string());
+        }
+        if self.mqtt.packet_bytes_max < 64 {
+            errors.push(format!(
+                "mqtt.packet_bytes_max: {} is below the minimum 64",
+                self.mqtt.packet_bytes_max
+            ));
+        }
         if self.amqp.channel_max == 0 {
             errors.push("amqp.channel_max: must be 1 to 65535".to_string());
         }
@@ -735,6 +779,18 @@ impl Config {
         }
     }
 
+    /// The MQTT sessions' part of the configuration.
+    pub fn mqtt_config(&self) -> MqttConfig {
+        MqttConfig {
+            vhost: self.mqtt.vhost.clone(),
+            anonymous_user: (!self.mqtt.anonymous_user.is_empty())
+                .then(|| self.mqtt.anonymous_user.clone()),
+            packet_bytes_max: self.mqtt.packet_bytes_max,
+            receive_maximum: self.mqtt.receive_maximum,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -778,6 +834,7 @@ fn defaults_table() -> toml::Table {
 fn field_doc(key: &str) -> Option<&'static FieldDoc> {
     let (fields, name) = match key.split_once('.') {
         Some(("amqp", rest)) => (AmqpSection::FIELDS, rest),
+        Some(("mqtt", rest)) => (MqttSection::FIELDS, rest),
         Some(_) => return None,
         None => (Config::FIELDS, key),
     };
@@ -855,6 +912,20 @@ pub fn reference_markdown() -> String {
         out.push_str(&format!(
             "| `{key}` | {} | {} | {} |\n",
             cell(shown(f, amqp.and_then(|t| t.get(f.name)))),
+            env_of(&key),
+            cell(f.text())
+        ));
+    }
+
+    out.push_str("\n### `[mqtt]`\n\n");
+    out.push_str("| Key | Default | Environment | Meaning |\n");
+    out.push_str("| --- | --- | --- | --- |\n");
+    let mqtt = defaults.get("mqtt").and_then(toml::Value::as_table);
+    for f in MqttSection::FIELDS {
+        let key = format!("mqtt.{}", f.name);
+        out.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            cell(shown(f, mqtt.and_then(|t| t.get(f.name)))),
             env_of(&key),
             cell(f.text())
         ));

@@ -20,6 +20,7 @@ use wharf::config::{self, Config, LoadError, Loaded, LISTENERS};
 use wharf::engine::Engine;
 use wharf::net::{self, BoundListener, Listeners};
 use wharf::protocol::amqp::{self, AmqpContext};
+use wharf::protocol::mqtt::{self, MqttContext};
 
 /// How long tasks still running after shutdown (connections past the timeout) get to be
 /// dropped before the process exits anyway.
@@ -132,12 +133,19 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         engine: engine.clone(),
         config: config.amqp_config(),
     });
+    let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
     for b in bound {
         match b.protocol() {
             "amqp" => {
                 let ctx = amqp_ctx.clone();
                 listeners.serve(b, move |stream, peer, token| {
                     amqp::serve(stream, peer, ctx.clone(), token)
+                });
+            }
+            "mqtt" => {
+                let ctx = mqtt_ctx.clone();
+                listeners.serve(b, move |stream, peer, token| {
+                    mqtt::serve(stream, peer, ctx.clone(), token)
                 });
             }
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
@@ -158,6 +166,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         }
     }
     drop(amqp_ctx);
+    drop(mqtt_ctx);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())

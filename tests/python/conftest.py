@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("WHARF_TEST_AMQP_URL") or None
 LISTEN_RE = re.compile(r"listening protocol=amqp addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+MQTT_LISTEN_RE = re.compile(r"listening protocol=mqtt addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -52,6 +53,7 @@ def wharf_bin():
 class BrokerBase:
     host = "127.0.0.1"
     port = None
+    mqtt_port = None
     vhost = "/"
     user = "guest"
     password = "guest"
@@ -106,6 +108,8 @@ class WharfProcess(BrokerBase):
         self.data_dir = Path(data_dir)
         self.proc = None
         self.port = None
+        self.mqtt_port = None
+        self._mqtt_box = []
         self._log = []
         self._log_lock = threading.Lock()
         self.starts = 0
@@ -116,6 +120,9 @@ class WharfProcess(BrokerBase):
             line = ANSI_RE.sub("", raw.decode(errors="replace").rstrip("\n"))
             with self._log_lock:
                 self._log.append(line)
+            m = MQTT_LISTEN_RE.search(line)
+            if m:
+                self._mqtt_box.append(int(m.group(2)))
             if not found.is_set():
                 m = LISTEN_RE.search(line)
                 if m:
@@ -149,7 +156,15 @@ class WharfProcess(BrokerBase):
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
         proc = subprocess.Popen(
-            [str(self.binary), "--data-dir", str(self.data_dir), "--amqp-listen", "127.0.0.1:0"],
+            [
+                str(self.binary),
+                "--data-dir",
+                str(self.data_dir),
+                "--amqp-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -157,6 +172,7 @@ class WharfProcess(BrokerBase):
         )
         _live_processes.add(proc)
         found, port_box = threading.Event(), []
+        self._mqtt_box = []
         self._thread = threading.Thread(target=self._reader, args=(proc, found, port_box), daemon=True)
         self._thread.start()
         self.proc = proc
@@ -175,6 +191,11 @@ class WharfProcess(BrokerBase):
                     + self.log_text()
                 )
         self.port = port_box[0]
+        # Listeners log in start order (amqp, then mqtt): give the second line a moment.
+        mqtt_deadline = time.monotonic() + 5
+        while not self._mqtt_box and time.monotonic() < mqtt_deadline and proc.poll() is None:
+            time.sleep(0.01)
+        self.mqtt_port = self._mqtt_box[0] if self._mqtt_box else None
         return self
 
     def _wait(self, timeout):

@@ -1,2 +1,3 @@
 //! Protocol sessions.
 pub mod amqp;
+pub mod mqtt;

@@ -1,0 +1,202 @@
+//! MQTT publishes <-> engine messages (docs/mapping/mqtt.md, "Message properties"), and the
+//! MQTT topic-filter matcher the session uses to pick the subscription(s) a delivery is for.
+
+use bytes::Bytes;
+use codecs::mqtt::topic::{
+    is_dollar_topic, routing_key_to_topic, starts_with_wildcard, topic_to_routing_key,
+};
+use codecs::mqtt::{PublishProperties, QoS};
+
+use crate::engine::{Message, Properties, Table, Value};
+
+/// The exchange every MQTT publish goes to and every subscription binds on.
+pub const EXCHANGE: &str = "amq.topic";
+/// Header carrying the QoS a message was published with (as RabbitMQ's MQTT plugin does).
+pub const QOS_HEADER: &str = "x-mqtt-publish-qos";
+/// Header carrying MQTT 5's Payload Format Indicator (0 or 1).
+pub const PAYLOAD_FORMAT_HEADER: &str = "x-mqtt-payload-format";
+/// Header carrying a Response Topic, mapped like a topic (`a/b` -> `a.b`).
+pub const REPLY_TO_TOPIC_HEADER: &str = "x-reply-to-topic";
+/// Header carrying Correlation Data that is not a valid AMQP short string.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// Whether an MQTT topic filter matches a topic name, with MQTT's `$` rule: a filter starting
+/// with `+` or `#` does not match a topic starting with `$` (MQTT 5 section 4.7.2).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if is_dollar_topic(topic) && starts_with_wildcard(filter) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// An MQTT PUBLISH (or will) as an engine message on `amq.topic`.
+pub fn to_message(topic: &str, payload: Bytes, qos: QoS, props: &PublishProperties) -> Message {
+    let mut msg = Message::new(EXCHANGE, topic_to_routing_key(topic).into_owned(), payload);
+    let mut headers = Table::new();
+    headers.insert(QOS_HEADER.into(), Value::U8(qos as u8));
+    let mut p = Properties {
+        delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
+        ..Default::default()
+    };
+    if let Some(ct) = &props.content_type {
+        if ct.len() <= 255 {
+            p.content_type = Some(ct.clone());
+        }
+    }
+    if let Some(cd) = &props.correlation_data {
+        match std::str::from_utf8(cd) {
+            Ok(s) if s.len() <= 255 => p.correlation_id = Some(s.to_string()),
+            _ => {
+                headers.insert(CORRELATION_HEADER.into(), Value::ByteArray(cd.clone()));
+            }
+        }
+    }
+    if let Some(rt) = &props.response_topic {
+        headers.insert(
+            REPLY_TO_TOPIC_HEADER.into(),
+            Value::long_string(topic_to_routing_key(rt).into_owned()),
+        );
+    }
+    if let Some(secs) = props.message_expiry_interval {
+        p.expiration = Some((u64::from(secs) * 1000).to_string());
+    }
+    if let Some(utf8) = props.payload_format_utf8 {
+        headers.insert(PAYLOAD_FORMAT_HEADER.into(), Value::U8(u8::from(utf8)));
+    }
+    // AMQP tables have one value per key: the last of repeated user properties wins.
+    for (k, v) in &props.user_properties {
+        headers.insert(k.clone(), Value::long_string(v.clone()));
+    }
+    p.headers = Some(headers);
+    msg.properties = p;
+    msg
+}
+
+/// The QoS a message was published with: the MQTT header, else AMQP persistence (persistent =
+/// QoS 1, as RabbitMQ counts it).
+pub fn message_qos(msg: &Message) -> QoS {
+    let from_header = msg
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(QOS_HEADER))
+        .and_then(Value::as_i64)
+        .and_then(|q| u8::try_from(q).ok())
+        .and_then(QoS::from_u8);
+    from_header.unwrap_or(if msg.properties.persistent() {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    })
+}
+
+fn header_text(v: &Value) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(s.to_string());
+    }
+    if let Some(n) = v.as_i64() {
+        return Some(n.to_string());
+    }
+    match v {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::F32(x) => Some(x.to_string()),
+        Value::F64(x) => Some(x.to_string()),
+        // Tables, arrays, binary and void are dropped (docs/mapping/mqtt.md).
+        _ => None,
+    }
+}
+
+/// MQTT 5 PUBLISH properties for an engine message.
+pub fn to_properties(msg: &Message) -> PublishProperties {
+    let p = &msg.properties;
+    let mut out = PublishProperties {
+        content_type: p.content_type.clone(),
+        correlation_data: p.correlation_id.clone().map(Bytes::from),
+        message_expiry_interval: p
+            .expiration_ms()
+            .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
+        ..Default::default()
+    };
+    if let Some(headers) = &p.headers {
+        for (k, v) in headers {
+            match k.as_str() {
+                QOS_HEADER => {}
+                PAYLOAD_FORMAT_HEADER => out.payload_format_utf8 = v.as_i64().map(|x| x == 1),
+                REPLY_TO_TOPIC_HEADER => {
+                    out.response_topic = v
+                        .as_str()
+                        .and_then(routing_key_to_topic)
+                        .map(|t| t.into_owned());
+                }
+                CORRELATION_HEADER => {
+                    if let Value::ByteArray(b) | Value::LongString(b) = v {
+                        out.correlation_data = Some(b.clone());
+                    }
+                }
+                _ => {
+                    if let Some(text) = header_text(v) {
+                        out.user_properties.push((k.clone(), text));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(filter_matches("a/+", "a/b"));
+        assert!(!filter_matches("a/+", "a/b/c"));
+        assert!(filter_matches("a/#", "a"));
+        assert!(filter_matches("a/#", "a/b/c"));
+        assert!(filter_matches("+/a", "/a"));
+        assert!(filter_matches("#", "x/y"));
+        assert!(!filter_matches("#", "$SYS/x"));
+        assert!(!filter_matches("+/x", "$SYS/x"));
+        assert!(filter_matches("$SYS/#", "$SYS/x"));
+        assert!(
+            !filter_matches("a/*", "a/b"),
+            "a literal * level is literal in MQTT"
+        );
+    }
+
+    #[test]
+    fn properties_round_trip() {
+        let props = PublishProperties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"c-1")),
+            response_topic: Some("reply/to".into()),
+            message_expiry_interval: Some(30),
+            payload_format_utf8: Some(true),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let msg = to_message("a/b", Bytes::from_static(b"x"), QoS::AtLeastOnce, &props);
+        assert_eq!(msg.routing_key, "a.b");
+        assert!(msg.properties.persistent());
+        assert_eq!(msg.properties.expiration.as_deref(), Some("30000"));
+        assert_eq!(message_qos(&msg), QoS::AtLeastOnce);
+        let back = to_properties(&msg);
+        assert_eq!(back.content_type, props.content_type);
+        assert_eq!(back.correlation_data, props.correlation_data);
+        assert_eq!(back.response_topic, props.response_topic);
+        assert_eq!(back.message_expiry_interval, Some(30));
+        assert_eq!(back.payload_format_utf8, Some(true));
+        assert_eq!(back.user_properties, props.user_properties);
+    }
+}

@@ -1,0 +1,218 @@
+//! MQTT 3.1, 3.1.1 and 5.0 session: one task per connection, on the codec in `codecs::mqtt`.
+//!
+//! - `session.rs`: the connection state machine (CONNECT, publish, subscribe, acks), no I/O;
+//! - `mapping.rs`: MQTT publishes <-> engine messages, and the topic-filter matcher;
+//! - `retained.rs`: retained messages, durable in the data directory.
+//!
+//! Model (docs/mapping/mqtt.md): a PUBLISH goes to `amq.topic` with the mapped routing key;
+//! each MQTT session has one engine queue, `mqtt-subscription-<client id>`, bound to
+//! `amq.topic` once per subscription, consumed with the client's Receive Maximum as prefetch.
+//!
+//! This file owns the socket: one `select!` over reads, writes, engine events, durability
+//! progress (PUBACK/PUBREC wait for the store), the keep-alive timer, takeover and shutdown.
+
+mod mapping;
+mod retained;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{ConnectionId, Engine};
+use session::{Phase, Session};
+
+/// MQTT listener settings (see config.rs for defaults and docs).
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub vhost: String,
+    /// The user a CONNECT without user name logs in as; `None` refuses it.
+    pub anonymous_user: Option<String>,
+    pub packet_bytes_max: u32,
+    pub receive_maximum: u16,
+    /// Where retained messages are kept.
+    pub data_dir: PathBuf,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            vhost: "/".into(),
+            anonymous_user: None,
+            packet_bytes_max: 16 << 20,
+            receive_maximum: 100,
+            data_dir: PathBuf::from("wharf-data"),
+        }
+    }
+}
+
+/// A connected client, for takeover.
+#[derive(Debug)]
+struct Connected {
+    conn: ConnectionId,
+    /// Cancelled to make the session close (session taken over).
+    kick: CancellationToken,
+    /// Cancelled by the session once it has released everything.
+    done: CancellationToken,
+}
+
+/// What every MQTT session shares.
+#[derive(Debug)]
+pub struct MqttContext {
+    pub engine: Arc<Engine>,
+    pub config: MqttConfig,
+    clients: Mutex<HashMap<String, Connected>>,
+    /// Delayed wills (MQTT 5 Will Delay Interval) by client id.
+    wills: Mutex<HashMap<String, CancellationToken>>,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL of persistent sessions offline.
+    qos2_in: Mutex<HashMap<String, HashSet<u16>>>,
+    retained: retained::Retained,
+}
+
+impl MqttContext {
+    /// Loads the retained messages from the data directory.
+    pub fn new(engine: Arc<Engine>, config: MqttConfig) -> anyhow::Result<Arc<MqttContext>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let retained = retained::Retained::open(config.data_dir.clone())?;
+        tracing::info!(retained = retained.len(), "MQTT retained messages loaded");
+        Ok(Arc::new(MqttContext {
+            engine,
+            config,
+            clients: Mutex::new(HashMap::new()),
+            wills: Mutex::new(HashMap::new()),
+            qos2_in: Mutex::new(HashMap::new()),
+            retained,
+        }))
+    }
+}
+
+/// A client must send CONNECT within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Engine events handled in one go before the loop looks at the socket again.
+const OUTBOUND_BATCH: usize = 512;
+/// Output above which engine events wait (the socket is slow).
+const OUT_HIGH_WATER: usize = 1 << 20;
+
+/// Serves one MQTT connection until the peer closes, a protocol error closes it, the session is
+/// taken over, or `shutdown` fires (MQTT 5 clients then get DISCONNECT 0x8B).
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<MqttContext>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let engine = ctx.engine.clone();
+    let mut s = Session::new(ctx, peer);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(4 * 1024);
+    let mut durable = engine.subscribe_durable();
+    let started = Instant::now();
+    let mut last_recv = started;
+    let mut shutdown_seen = false;
+    let mut close_deadline: Option<Instant> = None;
+
+    loop {
+        while let Some(connect) = s.on_bytes(&mut rbuf) {
+            s.on_connect(*connect).await;
+        }
+        drain_events(&mut s);
+        s.flush_gated(engine.durable_lsn());
+        if s.phase == Phase::Done {
+            if s.out.is_empty() {
+                break;
+            }
+            close_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
+        }
+        let read_enabled = s.phase != Phase::Done;
+        let events_enabled = s.out.len() < OUT_HIGH_WATER && s.phase == Phase::Open;
+        let wants_durable = s.waits_for_durability(engine.durable_lsn());
+        let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(s.keep_alive) * 1500));
+        let mut deadline = Instant::now() + Duration::from_secs(3600);
+        if s.phase == Phase::Connecting {
+            deadline = deadline.min(started + CONNECT_TIMEOUT);
+        }
+        if let Some(k) = keep_alive {
+            deadline = deadline.min(last_recv + k);
+        }
+        if let Some(c) = close_deadline {
+            deadline = deadline.min(c);
+        }
+        let kick = s.kick.clone();
+
+        tokio::select! {
+            _ = shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                s.on_shutdown();
+            }
+            () = kick.cancelled(), if s.phase == Phase::Open => s.on_taken_over(),
+            r = reader.read_buf(&mut rbuf), if read_enabled => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => last_recv = Instant::now(),
+            },
+            r = writer.write_buf(&mut s.out), if !s.out.is_empty() => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            Some(ev) = s.rx.recv(), if events_enabled => {
+                s.on_outbound(ev);
+                drain_events(&mut s);
+            }
+            () = durable_changed(&mut durable), if wants_durable => {}
+            () = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if close_deadline.is_some_and(|c| now >= c) {
+                    break;
+                }
+                if s.phase == Phase::Connecting && now >= started + CONNECT_TIMEOUT {
+                    tracing::info!(peer = %peer, "no CONNECT in time");
+                    break;
+                }
+                if keep_alive.is_some_and(|k| now >= last_recv + k) {
+                    tracing::info!(peer = %peer, client_id = %s.client_id, "keep-alive timeout, closing");
+                    s.on_keep_alive_timeout();
+                }
+            }
+        }
+    }
+    s.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+}
+
+fn drain_events(s: &mut Session) {
+    for _ in 0..OUTBOUND_BATCH {
+        if s.out.len() >= OUT_HIGH_WATER || s.phase != Phase::Open {
+            return;
+        }
+        match s.rx.try_recv() {
+            Ok(ev) => s.on_outbound(ev),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Resolves when the durable Lsn moves (never without a store, or once it is gone).
+async fn durable_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,942 @@
+//! One MQTT connection's state: CONNECT and the session it opens, publishes into the engine,
+//! subscriptions as bindings of the session's queue, deliveries out with packet ids.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use codecs::mqtt::topic::{filter_to_binding_key, routing_key_to_topic, split_shared};
+use codecs::mqtt::{
+    Ack, Codec, ConnAck, ConnAckProperties, Connect, Disconnect, DisconnectProperties, Limits,
+    Packet, Protocol, Publish, QoS, ReasonCode, Reply, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, Will,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::mapping::{self, filter_matches, EXCHANGE};
+use super::{Connected, MqttContext};
+use crate::engine::{
+    AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
+    Engine, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
+};
+use crate::store::Lsn;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Connecting,
+    Open,
+    Done,
+}
+
+/// Binding arguments that record a subscription, so a persistent session finds its
+/// subscriptions again after a reconnect or a restart (bindings are durable definitions).
+const ARG_FILTER: &str = "x-mqtt-filter";
+const ARG_QOS: &str = "x-mqtt-qos";
+const ARG_SUB_ID: &str = "x-mqtt-subscription-id";
+/// Topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum in CONNACK).
+const TOPIC_ALIAS_MAX: u16 = 16;
+/// The channel number of the session's one engine channel.
+const CHANNEL: u16 = 1;
+const CONSUMER_TAG: &str = "mqtt";
+
+#[derive(Debug, Clone)]
+struct Sub {
+    qos: QoS,
+    id: Option<u32>,
+}
+
+/// An outbound QoS 1/2 message awaiting PUBACK or PUBREC.
+#[derive(Debug)]
+enum OutFlight {
+    Engine { queue: Arc<Queue>, id: DeliveryId },
+    Retained,
+}
+
+pub(super) struct Session {
+    ctx: Arc<MqttContext>,
+    engine: Arc<Engine>,
+    peer: SocketAddr,
+    conn_id: ConnectionId,
+    codec: Codec,
+    limits: Limits,
+    pub(super) phase: Phase,
+    pub(super) out: BytesMut,
+    pub(super) rx: mpsc::UnboundedReceiver<Outbound>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    credit: Arc<ChannelCredit>,
+    pub(super) client_id: String,
+    protocol: Protocol,
+    pub(super) keep_alive: u16,
+    vhost: Option<Arc<Vhost>>,
+    queue: Option<Arc<Queue>>,
+    queue_name: String,
+    /// The session outlives the connection (clean session 0, or MQTT 5 session expiry > 0).
+    persistent: bool,
+    session_expiry: u32,
+    subs: HashMap<String, Sub>,
+    will: Option<Will>,
+    /// Publish the will when the connection ends (cleared by a normal DISCONNECT).
+    will_armed: bool,
+    next_pid: u16,
+    out_flight: HashMap<u16, OutFlight>,
+    out_pubrel: HashSet<u16>,
+    in_qos2: HashSet<u16>,
+    /// Acknowledgements in order, each waiting for its Lsn to be durable.
+    gated: VecDeque<(Lsn, Packet)>,
+    aliases_in: HashMap<u16, String>,
+    client_packet_max: Option<u32>,
+    pub(super) kick: CancellationToken,
+    done: CancellationToken,
+    registered: bool,
+}
+
+impl Session {
+    pub(super) fn new(ctx: Arc<MqttContext>, peer: SocketAddr) -> Session {
+        let engine = ctx.engine.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limits = Limits {
+            packet_bytes_max: ctx.config.packet_bytes_max,
+        };
+        Session {
+            conn_id: engine.next_connection_id(),
+            engine,
+            ctx,
+            peer,
+            codec: Codec::new(),
+            limits,
+            phase: Phase::Connecting,
+            out: BytesMut::with_capacity(256),
+            rx,
+            tx,
+            credit: Arc::new(ChannelCredit::default()),
+            client_id: String::new(),
+            protocol: Protocol::V3_1_1,
+            keep_alive: 0,
+            vhost: None,
+            queue: None,
+            queue_name: String::new(),
+            persistent: false,
+            session_expiry: 0,
+            subs: HashMap::new(),
+            will: None,
+            will_armed: false,
+            next_pid: 1,
+            out_flight: HashMap::new(),
+            out_pubrel: HashSet::new(),
+            in_qos2: HashSet::new(),
+            gated: VecDeque::new(),
+            aliases_in: HashMap::new(),
+            client_packet_max: None,
+            kick: CancellationToken::new(),
+            done: CancellationToken::new(),
+            registered: false,
+        }
+    }
+
+    fn v5(&self) -> bool {
+        self.protocol == Protocol::V5
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.out) {
+            tracing::warn!(peer = %self.peer, error = %e, "cannot encode MQTT packet");
+        }
+    }
+
+    /// Sends an acknowledgement once `lsn` is durable, after every earlier one.
+    fn send_gated(&mut self, lsn: Lsn, packet: Packet) {
+        if self.gated.is_empty() && lsn <= self.engine.durable_lsn() {
+            self.send(&packet);
+        } else {
+            self.gated.push_back((lsn, packet));
+        }
+    }
+
+    pub(super) fn flush_gated(&mut self, durable: Lsn) {
+        while self.gated.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+            if let Some((_, p)) = self.gated.pop_front() {
+                self.send(&p);
+            }
+        }
+    }
+
+    pub(super) fn waits_for_durability(&self, durable: Lsn) -> bool {
+        self.gated.front().is_some_and(|(lsn, _)| *lsn > durable)
+    }
+
+    /// Closes with an MQTT 5 DISCONNECT carrying `reason` (3.1.x: a plain close).
+    fn disconnect(&mut self, reason: ReasonCode) {
+        if self.v5() && self.phase == Phase::Open {
+            let text = match reason {
+                ReasonCode::SESSION_TAKEN_OVER => "session taken over",
+                ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+                ReasonCode::KEEP_ALIVE_TIMEOUT => "keep alive timeout",
+                ReasonCode::TOPIC_ALIAS_INVALID => "topic alias invalid",
+                _ => "protocol error",
+            };
+            // With a Reason String: some clients (paho 2.1) read the reason code only from a
+            // DISCONNECT longer than 2 bytes.
+            self.send(&Packet::Disconnect(Disconnect {
+                reason,
+                properties: DisconnectProperties {
+                    reason_string: Some(text.into()),
+                    ..Default::default()
+                },
+            }));
+        }
+        self.phase = Phase::Done;
+    }
+
+    fn connack_refuse(&mut self, code: ReasonCode) {
+        self.send(&Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            code,
+            properties: ConnAckProperties::default(),
+        })));
+        self.phase = Phase::Done;
+    }
+
+    /// Decodes what is buffered. Returns a CONNECT for [`Session::on_connect`] (which awaits a
+    /// takeover); handles every other packet here.
+    pub(super) fn on_bytes(&mut self, buf: &mut BytesMut) -> Option<Box<Connect>> {
+        while self.phase != Phase::Done {
+            match self.codec.decode(buf, &self.limits) {
+                Ok(None) => return None,
+                Ok(Some(Packet::Connect(c))) if self.phase == Phase::Connecting => {
+                    self.protocol = c.protocol;
+                    return Some(c);
+                }
+                Ok(Some(packet)) => self.on_packet(packet),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, client_id = %self.client_id, error = %e, "bad MQTT input, closing");
+                    match e.reply() {
+                        Reply::Close => {}
+                        Reply::ConnAck { protocol, code } => {
+                            let codec = Codec::with_protocol(protocol);
+                            let _ = codec.encode(
+                                &Packet::ConnAck(Box::new(ConnAck {
+                                    code,
+                                    ..Default::default()
+                                })),
+                                &mut self.out,
+                            );
+                        }
+                        Reply::Disconnect { reason } => {
+                            if self.phase == Phase::Open {
+                                self.send(&Packet::Disconnect(Disconnect {
+                                    reason,
+                                    ..Default::default()
+                                }));
+                            }
+                        }
+                    }
+                    self.phase = Phase::Done;
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) async fn on_connect(&mut self, c: Connect) {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config;
+        if c.properties.authentication_method.is_some() {
+            // Enhanced authentication (AUTH) is not offered: no method is known.
+            return self.connack_refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        let user = match (&c.username, &cfg.anonymous_user) {
+            (Some(name), _) => {
+                let pw = c.password.as_deref().unwrap_or_default();
+                let pw = String::from_utf8_lossy(pw);
+                self.engine.authenticate(name, &pw, self.peer)
+            }
+            (None, Some(anon)) => self.engine.user(anon).ok_or(AuthError::BadCredentials),
+            (None, None) => Err(AuthError::BadCredentials),
+        };
+        let user = match user {
+            Ok(u) => u,
+            Err(AuthError::BadCredentials) => {
+                tracing::info!(peer = %self.peer, user = ?c.username, "MQTT login refused");
+                return self.connack_refuse(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+            }
+            Err(AuthError::LoopbackOnly) => {
+                return self.connack_refuse(ReasonCode::NOT_AUTHORIZED);
+            }
+        };
+        let vhost = match self.engine.vhost(&cfg.vhost) {
+            Some(v) if self.engine.may_access(&user, &cfg.vhost) => v,
+            _ => return self.connack_refuse(ReasonCode::NOT_AUTHORIZED),
+        };
+        let mut assigned = None;
+        let client_id = if c.client_id.is_empty() {
+            let allowed = match c.protocol {
+                Protocol::V3_1 => false,
+                Protocol::V3_1_1 => c.clean_start,
+                Protocol::V5 => true,
+            };
+            if !allowed {
+                return self.connack_refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            let suffix: String = rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(20)
+                .map(char::from)
+                .collect();
+            let id = format!("wharf-{suffix}");
+            assigned = Some(id.clone());
+            id
+        } else {
+            c.client_id.clone()
+        };
+        self.client_id = client_id.clone();
+
+        // Takeover: the old connection closes (MQTT 5: DISCONNECT 0x8E) and releases its
+        // session before this one uses it.
+        let old = self.ctx.clients.lock().insert(
+            client_id.clone(),
+            Connected {
+                conn: self.conn_id,
+                kick: self.kick.clone(),
+                done: self.done.clone(),
+            },
+        );
+        self.registered = true;
+        if let Some(old) = old {
+            tracing::info!(client_id = %client_id, "session taken over by a new connection");
+            old.kick.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.done.cancelled()).await;
+        }
+        if let Some(will) = self.ctx.wills.lock().remove(&client_id) {
+            will.cancel();
+        }
+
+        let (persistent, expiry) = match c.protocol {
+            Protocol::V5 => {
+                let e = c.properties.session_expiry_interval.unwrap_or(0);
+                (e > 0, e)
+            }
+            _ => (!c.clean_start, u32::MAX),
+        };
+        self.persistent = persistent;
+        self.session_expiry = expiry;
+        self.queue_name = format!("mqtt-subscription-{client_id}");
+        let existing = vhost.queue(&self.queue_name, self.conn_id).ok();
+        let mut session_present = false;
+        if c.clean_start {
+            if let Some(q) = existing {
+                let _ = vhost.delete_queue_unchecked(&q);
+            }
+            self.ctx.qos2_in.lock().remove(&client_id);
+        } else {
+            if let Some(q) = existing {
+                session_present = true;
+                self.restore_subscriptions(&vhost, &q);
+                self.queue = Some(q);
+            }
+            if let Some(ids) = self.ctx.qos2_in.lock().remove(&client_id) {
+                self.in_qos2 = ids;
+                session_present = true;
+            }
+        }
+        self.vhost = Some(vhost);
+        self.keep_alive = c.keep_alive;
+        self.will = c.will;
+        self.will_armed = self.will.is_some();
+        self.client_packet_max = c.properties.maximum_packet_size;
+        let receive_max = match c.protocol {
+            Protocol::V5 => c.properties.receive_maximum.unwrap_or(u16::MAX),
+            _ => cfg.receive_maximum,
+        };
+        self.credit
+            .global_prefetch
+            .store(u32::from(receive_max), Ordering::Release);
+        let properties = if c.protocol == Protocol::V5 {
+            ConnAckProperties {
+                receive_maximum: Some(cfg.receive_maximum),
+                maximum_packet_size: Some(cfg.packet_bytes_max),
+                assigned_client_identifier: assigned,
+                topic_alias_maximum: Some(TOPIC_ALIAS_MAX),
+                retain_available: Some(true),
+                wildcard_subscription_available: Some(true),
+                subscription_identifiers_available: Some(true),
+                shared_subscription_available: Some(false),
+                ..Default::default()
+            }
+        } else {
+            ConnAckProperties::default()
+        };
+        self.phase = Phase::Open;
+        self.send(&Packet::ConnAck(Box::new(ConnAck {
+            session_present,
+            code: ReasonCode::SUCCESS,
+            properties,
+        })));
+        tracing::debug!(peer = %self.peer, client_id = %self.client_id, protocol = ?self.protocol, persistent, "MQTT session open");
+        if self.queue.is_some() {
+            self.start_consuming();
+        }
+    }
+
+    fn restore_subscriptions(&mut self, vhost: &Vhost, q: &Queue) {
+        let Some(ex) = vhost.exchange(EXCHANGE) else {
+            return;
+        };
+        let dest = crate::engine::Destination::Queue(q.name.clone());
+        for b in ex.bindings() {
+            if b.destination != dest {
+                continue;
+            }
+            let Some(filter) = b.arguments.get(ARG_FILTER).and_then(Value::as_str) else {
+                continue;
+            };
+            let qos = b
+                .arguments
+                .get(ARG_QOS)
+                .and_then(Value::as_i64)
+                .and_then(|x| u8::try_from(x).ok())
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::AtMostOnce);
+            let id = b
+                .arguments
+                .get(ARG_SUB_ID)
+                .and_then(Value::as_i64)
+                .and_then(|x| u32::try_from(x).ok());
+            self.subs.insert(filter.to_string(), Sub { qos, id });
+        }
+    }
+
+    fn start_consuming(&mut self) {
+        let Some(q) = self.queue.clone() else {
+            return;
+        };
+        let spec = ConsumerSpec {
+            tag: CONSUMER_TAG.into(),
+            channel: ChannelHandle {
+                conn: self.conn_id,
+                channel: CHANNEL,
+                tx: self.tx.clone(),
+                credit: self.credit.clone(),
+            },
+            no_ack: false,
+            exclusive: false,
+            priority: 0,
+            prefetch: 0,
+        };
+        if let Err(e) = q.consume(spec) {
+            tracing::warn!(queue = %q.name, error = %e, "cannot consume the MQTT session queue");
+        }
+    }
+
+    /// The session's queue, declared on first use.
+    fn ensure_queue(&mut self) -> Option<Arc<Queue>> {
+        if let Some(q) = &self.queue {
+            if !q.is_deleted() {
+                return Some(q.clone());
+            }
+        }
+        let vhost = self.vhost.clone()?;
+        let mut arguments = Table::new();
+        if self.persistent && self.session_expiry != u32::MAX {
+            arguments.insert(
+                "x-expires".into(),
+                Value::I64(i64::from(self.session_expiry) * 1000),
+            );
+        }
+        let settings = QueueSettings {
+            durable: self.persistent,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments,
+        };
+        match vhost.declare_queue(&self.queue_name, settings, false, self.conn_id) {
+            Ok((q, _, _)) => {
+                self.queue = Some(q.clone());
+                self.start_consuming();
+                Some(q)
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue_name, error = %e, "cannot declare the MQTT session queue");
+                None
+            }
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                if let Some(f) = self.out_flight.remove(&a.packet_id) {
+                    settle(f, Settle::Ack);
+                }
+            }
+            Packet::PubRec(a) => match self.out_flight.remove(&a.packet_id) {
+                Some(f) => {
+                    settle(f, Settle::Ack);
+                    if !a.reason.is_error() {
+                        self.out_pubrel.insert(a.packet_id);
+                        self.send(&Packet::PubRel(Ack {
+                            packet_id: a.packet_id,
+                            ..Default::default()
+                        }));
+                    }
+                }
+                None => self.send(&Packet::PubRel(Ack {
+                    packet_id: a.packet_id,
+                    reason: if self.out_pubrel.contains(&a.packet_id) {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    },
+                    ..Default::default()
+                })),
+            },
+            Packet::PubComp(a) => {
+                self.out_pubrel.remove(&a.packet_id);
+            }
+            Packet::PubRel(a) => {
+                let known = self.in_qos2.remove(&a.packet_id);
+                self.send_gated(
+                    0,
+                    Packet::PubComp(Ack {
+                        packet_id: a.packet_id,
+                        reason: if known {
+                            ReasonCode::SUCCESS
+                        } else {
+                            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                        },
+                        ..Default::default()
+                    }),
+                );
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                // 0x04: disconnect with will message.
+                self.will_armed = d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE;
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.v5() && self.session_expiry == 0 && e > 0 {
+                        // MQTT-3.14.2-2: a Protocol Error.
+                        self.disconnect(ReasonCode::PROTOCOL_ERROR);
+                        return;
+                    }
+                    self.session_expiry = e;
+                    self.persistent = e > 0;
+                }
+                self.phase = Phase::Done;
+            }
+            Packet::Connect(_) => {
+                // A second CONNECT is a Protocol Error (MQTT-3.1.0-2).
+                self.disconnect(ReasonCode::PROTOCOL_ERROR);
+            }
+            Packet::Auth(_) => self.disconnect(ReasonCode::PROTOCOL_ERROR),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.disconnect(ReasonCode::PROTOCOL_ERROR);
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) {
+        if let Some(alias) = p.properties.topic_alias {
+            if alias > TOPIC_ALIAS_MAX {
+                return self.disconnect(ReasonCode::TOPIC_ALIAS_INVALID);
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.disconnect(ReasonCode::PROTOCOL_ERROR),
+                }
+            } else {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        if p.qos == QoS::ExactlyOnce && self.in_qos2.contains(&p.packet_id) {
+            // A resend of a message already taken: acknowledge, do not publish again.
+            return self.send_gated(
+                0,
+                Packet::PubRec(Ack {
+                    packet_id: p.packet_id,
+                    ..Default::default()
+                }),
+            );
+        }
+        let msg = mapping::to_message(&p.topic, p.payload.clone(), p.qos, &p.properties);
+        if p.retain {
+            self.ctx.retained.set(&p.topic, msg.clone());
+        }
+        let (lsn, reason) = match self.vhost.as_ref().map(|v| v.publish(EXCHANGE, msg)) {
+            Some(Ok(o)) if o.rejected => (o.lsn, ReasonCode::QUOTA_EXCEEDED),
+            Some(Ok(o)) if !o.routed => (o.lsn, ReasonCode::NO_MATCHING_SUBSCRIBERS),
+            Some(Ok(o)) => (o.lsn, ReasonCode::SUCCESS),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "MQTT publish failed");
+                (0, ReasonCode::UNSPECIFIED_ERROR)
+            }
+            None => (0, ReasonCode::UNSPECIFIED_ERROR),
+        };
+        let ack = Ack {
+            packet_id: p.packet_id,
+            reason,
+            ..Default::default()
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send_gated(lsn, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    self.in_qos2.insert(p.packet_id);
+                }
+                self.send_gated(lsn, Packet::PubRec(ack));
+            }
+        }
+    }
+
+    fn binding_args(filter: &str, sub: &Sub) -> Table {
+        let mut args = Table::new();
+        args.insert(ARG_FILTER.into(), Value::long_string(filter));
+        args.insert(ARG_QOS.into(), Value::U8(sub.qos as u8));
+        if let Some(id) = sub.id {
+            args.insert(ARG_SUB_ID.into(), Value::I64(i64::from(id)));
+        }
+        args
+    }
+
+    fn unbind(&self, filter: &str, sub: &Sub) {
+        if let Some(v) = &self.vhost {
+            let key = filter_to_binding_key(filter);
+            let _ = v.unbind_queue(
+                &self.queue_name,
+                EXCHANGE,
+                &key,
+                Self::binding_args(filter, sub),
+                self.conn_id,
+            );
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let mut reasons = Vec::with_capacity(s.subscriptions.len());
+        let mut retained = Vec::new();
+        for sub in &s.subscriptions {
+            if split_shared(&sub.filter).is_some() {
+                reasons.push(if self.v5() {
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    ReasonCode::V3_SUBACK_FAILURE
+                });
+                continue;
+            }
+            let Some(q) = self.ensure_queue() else {
+                reasons.push(ReasonCode::UNSPECIFIED_ERROR);
+                continue;
+            };
+            let new = Sub {
+                qos: sub.options.qos,
+                id: s.properties.subscription_identifier,
+            };
+            let existed = self.subs.remove(&sub.filter);
+            if let Some(old) = &existed {
+                self.unbind(&sub.filter, old);
+            }
+            let key = filter_to_binding_key(&sub.filter);
+            let bound = self.vhost.as_ref().map(|v| {
+                v.bind_queue(
+                    &q.name,
+                    EXCHANGE,
+                    &key,
+                    Self::binding_args(&sub.filter, &new),
+                    self.conn_id,
+                )
+            });
+            if !matches!(bound, Some(Ok(()))) {
+                reasons.push(ReasonCode::UNSPECIFIED_ERROR);
+                continue;
+            }
+            reasons.push(ReasonCode(sub.options.qos as u8));
+            let send_retained = match sub.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtNewSubscribe => existed.is_none(),
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                retained.push((sub.filter.clone(), new.clone()));
+            }
+            self.subs.insert(sub.filter.clone(), new);
+        }
+        self.send_gated(
+            0,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reasons,
+                ..Default::default()
+            }),
+        );
+        for (filter, sub) in retained {
+            for (topic, msg) in self.ctx.retained.matching(&filter) {
+                let qos = sub.qos.min(mapping::message_qos(&msg));
+                self.publish_out(
+                    &topic,
+                    &msg,
+                    qos,
+                    true,
+                    false,
+                    sub.id.into_iter().collect(),
+                    None,
+                );
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::new();
+        for filter in &u.filters {
+            match self.subs.remove(filter) {
+                Some(sub) => {
+                    self.unbind(filter, &sub);
+                    reasons.push(ReasonCode::SUCCESS);
+                }
+                None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        if !self.v5() {
+            reasons.clear();
+        }
+        self.send_gated(
+            0,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn alloc_pid(&mut self) -> u16 {
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
+            if !self.out_flight.contains_key(&pid) && !self.out_pubrel.contains(&pid) {
+                return pid;
+            }
+        }
+    }
+
+    /// Writes a PUBLISH to the client. QoS 1/2 get a packet id and are tracked until PUBACK or
+    /// PUBREC; `engine` is the delivery to settle then.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_out(
+        &mut self,
+        topic: &str,
+        msg: &crate::engine::Message,
+        qos: QoS,
+        retain: bool,
+        dup: bool,
+        subscription_identifiers: Vec<u32>,
+        engine: Option<(Arc<Queue>, DeliveryId)>,
+    ) {
+        let mut properties = if self.v5() {
+            mapping::to_properties(msg)
+        } else {
+            Default::default()
+        };
+        properties.subscription_identifiers = subscription_identifiers;
+        let mut packet = Publish {
+            dup: dup && qos != QoS::AtMostOnce,
+            qos,
+            retain,
+            topic: topic.to_string(),
+            packet_id: 0,
+            properties,
+            payload: msg.body.clone(),
+        };
+        if qos != QoS::AtMostOnce {
+            packet.packet_id = self.alloc_pid();
+        }
+        let packet = Packet::Publish(packet);
+        if let Some(max) = self.client_packet_max {
+            if self
+                .codec
+                .encoded_size(&packet)
+                .is_ok_and(|n| n > max as usize)
+            {
+                // MQTT-3.1.2-25: too large for the client: dropped as if delivered.
+                if let Some((q, id)) = engine {
+                    q.settle(&[id], Settle::Ack);
+                }
+                return;
+            }
+        }
+        if let Packet::Publish(p) = &packet {
+            if qos != QoS::AtMostOnce {
+                let f = match engine {
+                    Some((queue, id)) => OutFlight::Engine { queue, id },
+                    None => OutFlight::Retained,
+                };
+                self.out_flight.insert(p.packet_id, f);
+            } else if let Some((q, id)) = engine {
+                q.settle(&[id], Settle::Ack);
+            }
+        }
+        self.send(&packet);
+    }
+
+    pub(super) fn on_outbound(&mut self, ev: Outbound) {
+        match ev {
+            Outbound::Deliver { delivery, .. } => self.deliver(delivery),
+            Outbound::Cancel { .. } => {
+                // The queue was deleted (x-expires, or from AMQP).
+                self.queue = None;
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let engine = d.queue.clone().map(|q| (q, d.id));
+        let ack_skip = |engine: Option<(Arc<Queue>, DeliveryId)>| {
+            if let Some((q, id)) = engine {
+                if id != 0 {
+                    q.settle(&[id], Settle::Ack);
+                }
+            }
+        };
+        let Some(topic) = routing_key_to_topic(&d.message.routing_key) else {
+            tracing::debug!(key = %d.message.routing_key, "routing key is no MQTT topic: not delivered");
+            return ack_skip(engine);
+        };
+        // The subscription(s) this is for: the highest QoS wins, every identifier is sent.
+        let mut best: Option<QoS> = None;
+        let mut ids = Vec::new();
+        for (filter, sub) in &self.subs {
+            if filter_matches(filter, &topic) {
+                best = Some(best.map_or(sub.qos, |b| b.max(sub.qos)));
+                ids.extend(sub.id);
+            }
+        }
+        let Some(sub_qos) = best else {
+            // `$` topics reached through a leading wildcard, or a literal `*` level.
+            return ack_skip(engine);
+        };
+        let qos = sub_qos.min(mapping::message_qos(&d.message));
+        let topic = topic.into_owned();
+        self.publish_out(
+            &topic,
+            &d.message.clone(),
+            qos,
+            false,
+            d.redelivered,
+            ids,
+            engine,
+        );
+    }
+
+    pub(super) fn on_shutdown(&mut self) {
+        self.will_armed = false;
+        self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+    }
+
+    pub(super) fn on_taken_over(&mut self) {
+        self.disconnect(ReasonCode::SESSION_TAKEN_OVER);
+    }
+
+    pub(super) fn on_keep_alive_timeout(&mut self) {
+        self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+    }
+
+    /// The connection is gone: deliveries back to the queue, the queue deleted unless the
+    /// session persists, the will published (or scheduled).
+    pub(super) fn finish(&mut self) {
+        if let Some(q) = self.queue.take() {
+            q.release_channel(self.conn_id, CHANNEL);
+            if !self.persistent {
+                if let Some(v) = &self.vhost {
+                    let _ = v.delete_queue_unchecked(&q);
+                }
+            }
+        }
+        if self.persistent && !self.in_qos2.is_empty() {
+            self.ctx
+                .qos2_in
+                .lock()
+                .insert(self.client_id.clone(), std::mem::take(&mut self.in_qos2));
+        }
+        if self.will_armed {
+            if let (Some(will), Some(vhost)) = (self.will.take(), self.vhost.clone()) {
+                self.schedule_will(will, vhost);
+            }
+        }
+        if self.registered {
+            let mut clients = self.ctx.clients.lock();
+            if clients
+                .get(&self.client_id)
+                .is_some_and(|c| c.conn == self.conn_id)
+            {
+                clients.remove(&self.client_id);
+            }
+        }
+        self.engine.connection_closed(self.conn_id);
+        self.done.cancel();
+    }
+
+    fn schedule_will(&self, will: Will, vhost: Arc<Vhost>) {
+        let mut delay = will.properties.will_delay_interval.unwrap_or(0);
+        if self.v5() {
+            delay = delay.min(self.session_expiry);
+        }
+        let ctx = self.ctx.clone();
+        if delay == 0 {
+            publish_will(&ctx, &vhost, &will);
+            return;
+        }
+        let token = CancellationToken::new();
+        if let Some(old) = ctx
+            .wills
+            .lock()
+            .insert(self.client_id.clone(), token.clone())
+        {
+            old.cancel();
+        }
+        let client_id = self.client_id.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                    // Ours is still the pending one unless it was cancelled meanwhile.
+                    if !token.is_cancelled() {
+                        ctx.wills.lock().remove(&client_id);
+                    }
+                    publish_will(&ctx, &vhost, &will);
+                }
+            }
+        });
+    }
+}
+
+fn publish_will(ctx: &MqttContext, vhost: &Vhost, will: &Will) {
+    let props = codecs::mqtt::PublishProperties {
+        payload_format_utf8: will.properties.payload_format_utf8,
+        message_expiry_interval: will.properties.message_expiry_interval,
+        response_topic: will.properties.response_topic.clone(),
+        correlation_data: will.properties.correlation_data.clone(),
+        user_properties: will.properties.user_properties.clone(),
+        content_type: will.properties.content_type.clone(),
+        ..Default::default()
+    };
+    let msg = mapping::to_message(&will.topic, will.payload.clone(), will.qos, &props);
+    if will.retain {
+        ctx.retained.set(&will.topic, msg.clone());
+    }
+    if let Err(e) = vhost.publish(EXCHANGE, msg) {
+        tracing::warn!(error = %e, topic = %will.topic, "cannot publish will");
+    }
+}
+
+fn settle(f: OutFlight, how: Settle) {
+    if let OutFlight::Engine { queue, id } = f {
+        queue.settle(&[id], how);
+    }
+}

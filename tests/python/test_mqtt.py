@@ -1,0 +1,462 @@
+"""MQTT 3.1.1 and 5.0 with paho-mqtt against a real wharf, and across to AMQP with pika."""
+
+import queue
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pika
+import pytest
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from conftest import EXTERNAL_URL
+
+pytestmark = pytest.mark.skipif(bool(EXTERNAL_URL), reason="MQTT tests need a wharf of their own")
+
+V3, V5 = mqtt.MQTTv311, mqtt.MQTTv5
+WAIT = 5.0
+
+
+def cid(prefix="c"):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Mq:
+    """A paho client with its events in queues; no automatic reconnect."""
+
+    def __init__(self, broker, client_id=None, proto=V3, clean=True, user="guest",
+                 password="guest", will=None, keepalive=30, connect_props=None):
+        self.broker, self.proto, self.clean = broker, proto, clean
+        self.keepalive, self.connect_props = keepalive, connect_props
+        self.client_id = cid() if client_id is None else client_id
+        kwargs = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                      client_id=self.client_id, protocol=proto, reconnect_on_failure=False)
+        if proto != V5:
+            kwargs["clean_session"] = clean
+        self.c = mqtt.Client(**kwargs)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        if will:
+            self.c.will_set(**will)
+        self.msgs = queue.Queue()
+        self.connacks = queue.Queue()
+        self.disconnects = queue.Queue()
+        self.subacks = {}
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connacks.put((flags, rc, props))
+        self.c.on_message = lambda c, u, m: self.msgs.put(m)
+        self.c.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.__setitem__(mid, rcs)
+
+    def connect(self, expect_ok=True):
+        if self.proto == V5:
+            self.c.connect(self.broker.host, self.broker.mqtt_port, self.keepalive,
+                           clean_start=self.clean, properties=self.connect_props)
+        else:
+            self.c.connect(self.broker.host, self.broker.mqtt_port, self.keepalive)
+        self.c.loop_start()
+        flags, rc, props = self.connacks.get(timeout=WAIT)
+        if expect_ok:
+            assert not rc.is_failure, rc
+        return flags, rc, props
+
+    def subscribe(self, topic, qos=0, **kw):
+        res, mid = self.c.subscribe(topic, qos, **kw)
+        assert res == mqtt.MQTT_ERR_SUCCESS
+        deadline = time.monotonic() + WAIT
+        while mid not in self.subacks:
+            assert time.monotonic() < deadline, "no SUBACK"
+            time.sleep(0.01)
+        return self.subacks[mid]
+
+    def publish(self, topic, payload, qos=0, retain=False, properties=None):
+        info = self.c.publish(topic, payload, qos, retain, properties)
+        if qos:
+            info.wait_for_publish(WAIT)
+            assert info.is_published()
+        return info
+
+    def get(self, timeout=WAIT):
+        return self.msgs.get(timeout=timeout)
+
+    def nothing(self, timeout=0.5):
+        with pytest.raises(queue.Empty):
+            self.msgs.get(timeout=timeout)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def abort(self):
+        """Drop the TCP connection without DISCONNECT."""
+        self.c.loop_stop()
+        self.c.socket().close()
+
+
+@pytest.fixture
+def clients(broker):
+    if broker.mqtt_port is None:
+        pytest.skip("no MQTT listener")
+    made = []
+
+    def make(**kw):
+        m = Mq(broker, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        try:
+            m.close()
+        except Exception:
+            pass
+
+
+def raw(broker):
+    s = socket.create_connection((broker.host, broker.mqtt_port), timeout=WAIT)
+    return s
+
+
+def mqtt_str(s):
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def raw_connect_v5(client_id):
+    var = mqtt_str("MQTT") + bytes([5, 0xC2]) + struct.pack(">H", 60) + b"\x00"
+    payload = mqtt_str(client_id) + mqtt_str("guest") + mqtt_str("guest")
+    body = var + payload
+    return bytes([0x10, len(body)]) + body
+
+
+def read_all(s, timeout=WAIT):
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return data, True
+            data += chunk
+    except socket.timeout:
+        return data, False
+
+
+# -- connect ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("proto", [V3, V5])
+def test_connect_and_ping(clients, proto):
+    m = clients(proto=proto)
+    flags, rc, _ = m.connect()
+    assert not flags.session_present
+
+
+@pytest.mark.parametrize("proto", [V3, V5])
+def test_bad_password_refused(clients, proto):
+    m = clients(proto=proto, password="wrong")
+    _, rc, _ = m.connect(expect_ok=False)
+    assert rc.is_failure
+    assert rc.value in (4, 0x86), rc
+
+
+@pytest.mark.parametrize("proto", [V3, V5])
+def test_no_credentials_refused(clients, proto):
+    m = clients(proto=proto, user=None)
+    _, rc, _ = m.connect(expect_ok=False)
+    assert rc.value in (4, 0x86), rc
+
+
+def test_v5_empty_client_id_gets_assigned_one(clients):
+    m = clients(proto=V5, client_id="")
+    _, rc, props = m.connect()
+    assert props.AssignedClientIdentifier.startswith("wharf-")
+
+
+def test_v311_empty_client_id_without_clean_session_rejected(broker, clients):
+    # paho refuses to send this, so it is written by hand: clean session 0, empty client id.
+    var = mqtt_str("MQTT") + bytes([4, 0xC0]) + struct.pack(">H", 60)
+    body = var + mqtt_str("") + mqtt_str("guest") + mqtt_str("guest")
+    s = raw(broker)
+    s.sendall(bytes([0x10, len(body)]) + body)
+    data, closed = read_all(s)
+    assert data == b"\x20\x02\x00\x02"  # identifier rejected
+    assert closed
+
+
+def test_takeover_v5_gets_0x8e(clients):
+    ident = cid("same")
+    a = clients(proto=V5, client_id=ident)
+    a.connect()
+    b = clients(proto=V5, client_id=ident)
+    b.connect()
+    rc = a.disconnects.get(timeout=WAIT)
+    assert rc.value == 0x8E, rc
+    b.subscribe("take/over", 1)
+    b.publish("take/over", b"still fine", 1)
+    assert b.get().payload == b"still fine"
+
+
+# -- publish / subscribe ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("proto", [V3, V5])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_pub_sub_qos(clients, proto, qos):
+    topic = f"ps/{uuid.uuid4().hex[:6]}/x"
+    sub = clients(proto=proto)
+    sub.connect()
+    granted = sub.subscribe(topic.rsplit("/", 1)[0] + "/+", qos)
+    assert [g.value if hasattr(g, "value") else g for g in granted] == [qos]
+    pub = clients(proto=proto)
+    pub.connect()
+    for i in range(5):
+        pub.publish(topic, f"m{i}".encode(), qos)
+    got = [sub.get() for _ in range(5)]
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(5)]
+    assert all(m.qos == qos and m.topic == topic for m in got)
+    sub.nothing(0.3)
+
+
+def test_delivered_qos_is_the_minimum(clients):
+    sub = clients(proto=V3)
+    sub.connect()
+    sub.subscribe("minq/#", 1)
+    pub = clients(proto=V3)
+    pub.connect()
+    pub.publish("minq/a", b"two", 2)
+    pub.publish("minq/b", b"zero", 0)
+    got = {m.payload: m.qos for m in (sub.get(), sub.get())}
+    assert got == {b"two": 1, b"zero": 0}
+
+
+def test_dollar_topics_not_matched_by_leading_wildcard(clients):
+    sub = clients(proto=V5)
+    sub.connect()
+    sub.subscribe("#", 0)
+    sub2 = clients(proto=V5)
+    sub2.connect()
+    sub2.subscribe("$internal/#", 0)
+    pub = clients(proto=V5)
+    pub.connect()
+    pub.publish("$internal/x", b"dollar", 1)
+    assert sub2.get().payload == b"dollar"
+    while True:
+        try:
+            m = sub.get(timeout=0.5)
+        except queue.Empty:
+            break
+        assert not m.topic.startswith("$"), m.topic
+
+
+def test_v5_properties_round_trip(clients):
+    sub = clients(proto=V5)
+    sub.connect()
+    sub.subscribe("props/t", 1)
+    pub = clients(proto=V5)
+    pub.connect()
+    p = Properties(PacketTypes.PUBLISH)
+    p.ContentType = "text/plain"
+    p.CorrelationData = b"corr-1"
+    p.ResponseTopic = "reply/here"
+    p.UserProperty = [("k1", "v1"), ("k2", "v2")]
+    pub.publish("props/t", b"x", 1, properties=p)
+    m = sub.get()
+    assert m.properties.ContentType == "text/plain"
+    assert m.properties.CorrelationData == b"corr-1"
+    assert m.properties.ResponseTopic == "reply/here"
+    assert sorted(m.properties.UserProperty) == [("k1", "v1"), ("k2", "v2")]
+
+
+# -- retained, will, sessions -----------------------------------------------------------------
+
+def test_retained_delivered_on_subscribe_and_cleared(clients):
+    topic = f"ret/{uuid.uuid4().hex[:6]}"
+    pub = clients(proto=V3)
+    pub.connect()
+    pub.publish(topic, b"kept", 1, retain=True)
+    sub = clients(proto=V5)
+    sub.connect()
+    sub.subscribe(topic, 1)
+    m = sub.get()
+    assert (m.payload, m.retain) == (b"kept", True)
+    pub.publish(topic, b"", 1, retain=True)
+    sub2 = clients(proto=V3)
+    sub2.connect()
+    sub2.subscribe(topic, 1)
+    sub2.nothing(0.5)
+
+
+def test_will_published_on_abrupt_close(clients):
+    topic = f"will/{uuid.uuid4().hex[:6]}"
+    sub = clients(proto=V3)
+    sub.connect()
+    sub.subscribe(topic, 1)
+    dying = clients(proto=V3, will=dict(topic=topic, payload=b"gone", qos=1))
+    dying.connect()
+    dying.abort()
+    m = sub.get()
+    assert m.payload == b"gone"
+
+
+def test_no_will_on_normal_disconnect(clients):
+    topic = f"will/{uuid.uuid4().hex[:6]}"
+    sub = clients(proto=V3)
+    sub.connect()
+    sub.subscribe(topic, 1)
+    polite = clients(proto=V3, will=dict(topic=topic, payload=b"gone", qos=1))
+    polite.connect()
+    polite.close()
+    sub.nothing(0.5)
+
+
+def test_will_on_keepalive_timeout(broker, clients):
+    topic = f"kawill/{uuid.uuid4().hex[:6]}"
+    sub = clients(proto=V3)
+    sub.connect()
+    sub.subscribe(topic, 0)
+    # A raw 3.1.1 CONNECT with keep-alive 1 s and a will, then silence.
+    flags = 0x02 | 0x04 | 0x80 | 0x40
+    var = mqtt_str("MQTT") + bytes([4, flags]) + struct.pack(">H", 1)
+    payload = mqtt_str(cid("ka")) + mqtt_str(topic) + mqtt_str("timeout") + mqtt_str("guest") + mqtt_str("guest")
+    body = var + payload
+    s = raw(broker)
+    s.sendall(bytes([0x10, len(body)]) + body)
+    start = time.monotonic()
+    data, closed = read_all(s, timeout=5)
+    assert data[:4] == b"\x20\x02\x00\x00"
+    assert closed
+    assert 1.2 < time.monotonic() - start < 4
+    assert sub.get().payload == b"timeout"
+
+
+def test_persistent_session_gets_queued_messages(clients):
+    ident = cid("persist")
+    topic = f"persist/{uuid.uuid4().hex[:6]}"
+    a = clients(proto=V3, client_id=ident, clean=False)
+    a.connect()
+    a.subscribe(topic, 1)
+    a.close()
+    pub = clients(proto=V3)
+    pub.connect()
+    for i in range(3):
+        pub.publish(topic, f"q{i}".encode(), 1)
+    b = clients(proto=V3, client_id=ident, clean=False)
+    flags, _, _ = b.connect()
+    assert flags.session_present
+    assert sorted(b.get().payload for _ in range(3)) == [b"q0", b"q1", b"q2"]
+    b.close()
+    # A clean session discards it.
+    c = clients(proto=V3, client_id=ident, clean=True)
+    flags, _, _ = c.connect()
+    assert not flags.session_present
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("kill", [False, True])
+def test_persistent_session_and_retained_survive_restart(own_broker, kill):
+    b = own_broker
+    ident = cid("durable")
+    a = Mq(b, client_id=ident, clean=False)
+    a.connect()
+    a.subscribe("dur/t", 1)
+    a.close()
+    pub = Mq(b)
+    pub.connect()
+    pub.publish("dur/t", b"offline", 1)
+    pub.publish("dur/r", b"retained", 1, retain=True)
+    pub.close()
+    b.restart(kill=kill)
+    again = Mq(b, client_id=ident, clean=False)
+    flags, _, _ = again.connect()
+    assert flags.session_present
+    assert again.get().payload == b"offline"
+    again.subscribe("dur/r", 1)
+    m = again.get()
+    assert (m.payload, m.retain) == (b"retained", True)
+    again.close()
+
+
+# -- across protocols -------------------------------------------------------------------------
+
+def test_mqtt_publish_reaches_amqp_consumer(broker, clients, ch):
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "xp.b")
+    q2 = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q2, "amq.topic", "xp.*")
+    pub = clients(proto=V5)
+    pub.connect()
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = [("origin", "mqtt")]
+    pub.publish("xp/b", b"to amqp", 1, properties=p)
+    for name in (q, q2):
+        deadline = time.monotonic() + WAIT
+        while True:
+            method, props, body = ch.basic_get(name, auto_ack=True)
+            if method or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert body == b"to amqp"
+        assert method.routing_key == "xp.b"
+        assert props.delivery_mode == 2
+        assert props.headers["origin"] in ("mqtt", b"mqtt")
+
+
+def test_amqp_publish_reaches_mqtt_subscriber(clients, ch):
+    sub = clients(proto=V3)
+    sub.connect()
+    sub.subscribe("ax/+", 1)
+    ch.basic_publish("amq.topic", "ax.b", b"from amqp",
+                     pika.BasicProperties(delivery_mode=2))
+    ch.basic_publish("amq.topic", "ax.c", b"transient")
+    got = {m.payload: (m.topic, m.qos) for m in (sub.get(), sub.get())}
+    assert got == {b"from amqp": ("ax/b", 1), b"transient": ("ax/c", 0)}
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def test_first_packet_not_connect_is_closed(broker, clients):
+    s = raw(broker)
+    s.sendall(b"\xc0\x00")  # PINGREQ
+    data, closed = read_all(s)
+    assert (data, closed) == (b"", True)
+
+
+def test_malformed_packet_is_closed(broker, clients):
+    s = raw(broker)
+    s.sendall(b"\x10\xff\xff\xff\xff\x01")  # remaining length over four bytes
+    data, closed = read_all(s)
+    assert closed
+
+
+def test_wildcard_publish_topic_v5_disconnect_0x82_others_unaffected(broker, clients):
+    other = clients(proto=V5)
+    other.connect()
+    other.subscribe("ok/t", 0)
+    s = raw(broker)
+    s.sendall(raw_connect_v5(cid("bad")))
+    s.settimeout(WAIT)
+    connack = s.recv(2)
+    assert connack[0] == 0x20
+    s.recv(connack[1])
+    s.sendall(bytes([0x30, 0x06]) + mqtt_str("a/#") + b"\x00")
+    data, closed = read_all(s)
+    assert closed
+    assert data[0] == 0xE0 and data[2] == 0x82, data
+    other.publish("ok/t", b"alive", 1)
+    assert other.get().payload == b"alive"
+
+
+def test_wildcard_publish_topic_v311_closes(broker, clients):
+    m = clients(proto=V3)
+    m.connect()
+    s = raw(broker)
+    var = mqtt_str("MQTT") + bytes([4, 0xC2]) + struct.pack(">H", 60)
+    body = var + mqtt_str(cid("bad3")) + mqtt_str("guest") + mqtt_str("guest")
+    s.sendall(bytes([0x10, len(body)]) + body)
+    s.settimeout(WAIT)
+    assert s.recv(4) == b"\x20\x02\x00\x00"
+    s.sendall(bytes([0x30, 0x05]) + mqtt_str("a/+"))
+    data, closed = read_all(s)
+    assert (data, closed) == (b"", True)
