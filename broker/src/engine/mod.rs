@@ -204,6 +204,8 @@ pub struct Engine {
     next_connection_id: AtomicU64,
     closed: AtomicBool,
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Holds the data directory's lock for the engine's lifetime.
+    _lock: std::fs::File,
 }
 
 impl Engine {
@@ -212,6 +214,14 @@ impl Engine {
     /// Must be called inside a tokio runtime.
     pub fn open(config: EngineConfig) -> anyhow::Result<Arc<Engine>> {
         std::fs::create_dir_all(&config.data_dir)?;
+        // Two brokers on one data directory would interleave their logs and lose messages.
+        let lock = std::fs::File::create(config.data_dir.join("LOCK"))?;
+        if let Err(e) = lock.try_lock() {
+            anyhow::bail!(
+                "data directory {} is in use by another wharf ({e})",
+                config.data_dir.display()
+            );
+        }
         let (store, recovery) = Store::open(StoreOptions {
             dir: config.data_dir.join("msgs"),
             segment_bytes_max: config.segment_bytes_max,
@@ -292,6 +302,7 @@ impl Engine {
             next_connection_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             ticker: Mutex::new(None),
+            _lock: lock,
         });
         let weak = Arc::downgrade(&engine);
         *engine.ticker.lock() = Some(tokio::spawn(tick_loop(weak)));
@@ -406,5 +417,26 @@ async fn tick_loop(engine: Weak<Engine>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_serves_one_engine_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            fsync: false,
+            ..Default::default()
+        };
+        let first = Engine::open(config.clone()).unwrap();
+        let err = Engine::open(config.clone()).unwrap_err();
+        assert!(err.to_string().contains("in use by another wharf"), "{err}");
+        first.close();
+        drop(first);
+        Engine::open(config).expect("lock released with the engine");
     }
 }
