@@ -6,8 +6,8 @@
 //!
 //! Bytes on disk, recovery rules, deletion and compaction: docs/storage.md.
 //!
-//! One process per directory: nothing locks the directory yet, so the caller must make sure
-//! two brokers never open the same one.
+//! One process per directory: the store itself takes no lock; the engine locks
+//! `<data_dir>/LOCK` before opening it.
 
 mod format;
 mod recovery;
