@@ -182,6 +182,9 @@ section! {
         /// Unacknowledged QoS 1/2 messages sent to a client that does not set MQTT 5's Receive
         /// Maximum (every 3.1.x client), and the Receive Maximum announced to MQTT 5 clients.
         pub receive_maximum: u16 = 100,
+        /// Seconds between publishes of the `$SYS/broker/...` statistics (retained, as
+        /// Mosquitto's `sys_interval`). 0: no `$SYS/` topics.
+        pub sys_interval_secs: u64 = 10,
     }
 }
 
@@ -788,6 +791,7 @@ impl Config {
             packet_bytes_max: self.mqtt.packet_bytes_max,
             receive_maximum: self.mqtt.receive_maximum,
             data_dir: self.data_dir.clone(),
+            sys_interval_secs: self.mqtt.sys_interval_secs,
         }
     }
 

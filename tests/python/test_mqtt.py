@@ -12,8 +12,9 @@ import pika
 import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from conftest import EXTERNAL_URL
+from conftest import EXTERNAL_URL, WharfProcess
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL_URL), reason="MQTT tests need a wharf of their own")
 
@@ -157,9 +158,11 @@ def test_connect_and_ping(clients, proto):
 @pytest.mark.parametrize("proto", [V3, V5])
 def test_bad_password_refused(clients, proto):
     m = clients(proto=proto, password="wrong")
-    _, rc, _ = m.connect(expect_ok=False)
+    _, rc, props = m.connect(expect_ok=False)
     assert rc.is_failure
     assert rc.value in (4, 0x86), rc
+    if proto == V5:
+        assert "wrong password" in props.ReasonString
 
 
 @pytest.mark.parametrize("proto", [V3, V5])
@@ -269,6 +272,187 @@ def test_v5_properties_round_trip(clients):
     assert sorted(m.properties.UserProperty) == [("k1", "v1"), ("k2", "v2")]
 
 
+# -- shared subscriptions --------------------------------------------------------------------
+
+def drain(m, timeout=0.7):
+    out = []
+    while True:
+        try:
+            out.append(m.get(timeout=timeout))
+        except queue.Empty:
+            return out
+
+
+def shared_queue_name(group, filt):
+    h = 0xCBF29CE484222325
+    for byte in filt.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"mqtt-shared-{group}-{h:016x}"
+
+
+@pytest.mark.parametrize("proto", [V3, V5])
+def test_shared_subscription_splits_between_members(clients, proto):
+    group = f"g{uuid.uuid4().hex[:6]}"
+    base = f"sh/{uuid.uuid4().hex[:6]}"
+    a, b = clients(proto=proto), clients(proto=proto)
+    for m in (a, b):
+        m.connect()
+        granted = m.subscribe(f"$share/{group}/{base}/+", 1)
+        assert [g.value if hasattr(g, "value") else g for g in granted] == [1]
+    everyone = clients(proto=proto)
+    everyone.connect()
+    everyone.subscribe(f"{base}/+", 1)
+    pub = clients(proto=V3)
+    pub.connect()
+    n = 20
+    for i in range(n):
+        pub.publish(f"{base}/x", f"m{i}".encode(), 1)
+    all_msgs = [everyone.get().payload for _ in range(n)]
+    assert sorted(all_msgs) == sorted(f"m{i}".encode() for i in range(n))
+    got_a = [m.payload for m in drain(a)]
+    got_b = [m.payload for m in drain(b)]
+    assert got_a and got_b, (got_a, got_b)
+    assert not set(got_a) & set(got_b)
+    assert sorted(got_a + got_b) == sorted(all_msgs)
+    # A member that leaves: the other one gets everything.
+    a.c.unsubscribe(f"$share/{group}/{base}/+")
+    time.sleep(0.3)
+    for i in range(4):
+        pub.publish(f"{base}/x", f"n{i}".encode(), 1)
+    assert sorted(m.payload for m in drain(b)) == [f"n{i}".encode() for i in range(4)]
+    a.nothing(0.2)
+
+
+def test_shared_subscription_qos_per_member_and_queue_deleted(broker, clients, ch):
+    group = f"g{uuid.uuid4().hex[:6]}"
+    topic = f"shq/{uuid.uuid4().hex[:6]}"
+    a, b = clients(proto=V5), clients(proto=V3)
+    a.connect()
+    b.connect()
+    a.subscribe(f"$share/{group}/{topic}", 0)
+    b.subscribe(f"$share/{group}/{topic}", 2)
+    pub = clients(proto=V3)
+    pub.connect()
+    for i in range(6):
+        pub.publish(topic, f"m{i}".encode(), 2)
+    got_a, got_b = drain(a), drain(b)
+    got = got_a + got_b
+    assert sorted(m.payload for m in got) == [f"m{i}".encode() for i in range(6)]
+    # Each member gets min(its granted QoS, 2); while both are members the queue exists.
+    assert got_a and got_b
+    assert {m.qos for m in got_a} == {0} and {m.qos for m in got_b} == {2}
+    ch.queue_declare(shared_queue_name(group, topic), passive=True)
+    a.close()
+    b.close()
+    time.sleep(0.3)
+    # The group's queue went with its last member: nothing is routed any more.
+    qname = shared_queue_name(group, topic)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        ch.queue_declare(qname, passive=True)
+    for i in range(3):
+        pub.publish(topic, b"late", 1)
+    c = clients(proto=V3)
+    c.connect()
+    c.subscribe(f"$share/{group}/{topic}", 1)
+    c.nothing(0.5)
+
+
+def test_shared_subscription_kept_by_persistent_session(clients):
+    group = f"g{uuid.uuid4().hex[:6]}"
+    topic = f"shp/{uuid.uuid4().hex[:6]}"
+    ident = cid("shp")
+    a = clients(proto=V3, client_id=ident, clean=False)
+    a.connect()
+    a.subscribe(f"$share/{group}/{topic}", 1)
+    a.close()
+    time.sleep(0.2)
+    b = clients(proto=V3, client_id=ident, clean=False)
+    flags, _, _ = b.connect()
+    assert flags.session_present
+    pub = clients(proto=V3)
+    pub.connect()
+    pub.publish(topic, b"again", 1)
+    assert b.get().payload == b"again"
+    b.close()
+    # A clean session forgets it.
+    c = clients(proto=V3, client_id=ident, clean=True)
+    flags, _, _ = c.connect()
+    assert not flags.session_present
+    pub.publish(topic, b"gone", 1)
+    c.nothing(0.5)
+
+
+# -- MQTT 5 subscription options and reason strings ----------------------------------------
+
+def test_v5_no_local(clients):
+    topic = f"nl/{uuid.uuid4().hex[:6]}"
+    me = clients(proto=V5)
+    me.connect()
+    me.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+    other = clients(proto=V5)
+    other.connect()
+    other.subscribe(topic, 1)
+    me.publish(topic, b"mine", 1)
+    assert other.get().payload == b"mine"
+    me.nothing(0.5)
+    other.publish(topic, b"theirs", 1)
+    assert me.get().payload == b"theirs"
+    # Without No Local a client gets its own messages.
+    other.publish(topic, b"own", 1)
+    got = [other.get().payload, me.get().payload]
+    assert got == [b"theirs", b"own"] or sorted(got) == [b"own", b"theirs"]
+
+
+def test_v5_retain_as_published(clients):
+    topic = f"rap/{uuid.uuid4().hex[:6]}"
+    keep = clients(proto=V5)
+    keep.connect()
+    keep.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+    plain = clients(proto=V5)
+    plain.connect()
+    plain.subscribe(topic, 1)
+    v3 = clients(proto=V3)
+    v3.connect()
+    v3.subscribe(topic, 1)
+    pub = clients(proto=V5)
+    pub.connect()
+    pub.publish(topic, b"r", 1, retain=True)
+    pub.publish(topic, b"n", 1, retain=False)
+    assert [(m.payload, m.retain) for m in (keep.get(), keep.get())] == [(b"r", True), (b"n", False)]
+    for m in (plain, v3):
+        assert [(x.payload, x.retain) for x in (m.get(), m.get())] == [(b"r", False), (b"n", False)]
+    pub.publish(topic, b"", 1, retain=True)
+
+
+def test_v5_reason_strings_on_acknowledgements(clients):
+    pub = clients(proto=V5)
+    acks = queue.Queue()
+    pub.c.on_publish = lambda c, u, mid, rc, props: acks.put((mid, rc, props))
+    unsubacks = queue.Queue()
+    pub.c.on_unsubscribe = lambda c, u, mid, rcs, props: unsubacks.put((rcs, props))
+    pub.connect()
+    info = pub.publish(f"nobody/{uuid.uuid4().hex[:6]}", b"x", 1)
+    mid, rc, props = acks.get(timeout=WAIT)
+    assert mid == info.mid
+    assert rc.value == 0x10
+    assert "no subscription" in props.ReasonString
+    pub.c.unsubscribe("never/subscribed")
+    rcs, props = unsubacks.get(timeout=WAIT)
+    assert [r.value for r in rcs] == [0x11]
+    assert props.ReasonString
+    # Request Problem Information 0: no Reason String.
+    p = Properties(PacketTypes.CONNECT)
+    p.RequestProblemInformation = 0
+    quiet = clients(proto=V5, connect_props=p)
+    acks2 = queue.Queue()
+    quiet.c.on_publish = lambda c, u, mid, rc, props: acks2.put((rc, props))
+    quiet.connect()
+    quiet.publish(f"nobody/{uuid.uuid4().hex[:6]}", b"x", 1)
+    rc, props = acks2.get(timeout=WAIT)
+    assert rc.value == 0x10
+    assert not hasattr(props, "ReasonString")
+
+
 # -- retained, will, sessions -----------------------------------------------------------------
 
 def test_retained_delivered_on_subscribe_and_cleared(clients):
@@ -351,6 +535,46 @@ def test_persistent_session_gets_queued_messages(clients):
     c = clients(proto=V3, client_id=ident, clean=True)
     flags, _, _ = c.connect()
     assert not flags.session_present
+
+
+def test_v5_message_expiry_honoured_while_queued(clients):
+    ident = cid("expiry")
+    topic = f"exp/{uuid.uuid4().hex[:6]}"
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 300
+    a = clients(proto=V5, client_id=ident, clean=True, connect_props=p)
+    a.connect()
+    a.subscribe(topic, 1)
+    a.close()
+    pub = clients(proto=V5)
+    pub.connect()
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    pub.publish(topic, b"short", 1, properties=short)
+    long = Properties(PacketTypes.PUBLISH)
+    long.MessageExpiryInterval = 20
+    pub.publish(topic, b"long", 1, properties=long)
+    pub.publish(topic, b"forever", 1)
+    time.sleep(2.5)
+    p2 = Properties(PacketTypes.CONNECT)
+    p2.SessionExpiryInterval = 300
+    b = clients(proto=V5, client_id=ident, clean=False, connect_props=p2)
+    flags, _, _ = b.connect()
+    assert flags.session_present
+    got = [b.get(), b.get()]
+    assert [m.payload for m in got] == [b"long", b"forever"]
+    # The interval sent is what is left: 20 s minus the ~2.5 s spent queued.
+    assert 15 <= got[0].properties.MessageExpiryInterval <= 18
+    assert not hasattr(got[1].properties, "MessageExpiryInterval")
+    b.nothing(0.3)
+    # Also for a retained message.
+    rt = f"expr/{uuid.uuid4().hex[:6]}"
+    pub.publish(rt, b"ret", 1, retain=True, properties=short)
+    time.sleep(1.5)
+    c = clients(proto=V5)
+    c.connect()
+    c.subscribe(rt, 1)
+    c.nothing(0.5)
 
 
 @pytest.mark.restart
@@ -460,3 +684,133 @@ def test_wildcard_publish_topic_v311_closes(broker, clients):
     s.sendall(bytes([0x30, 0x05]) + mqtt_str("a/+"))
     data, closed = read_all(s)
     assert (data, closed) == (b"", True)
+
+
+# -- $SYS statistics ------------------------------------------------------------------------------
+
+@pytest.fixture
+def sys_broker(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHARF_MQTT__SYS_INTERVAL_SECS", "1")
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        yield b
+    finally:
+        b.stop_quietly()
+
+
+SYS_TOPICS = [
+    "$SYS/broker/version",
+    "$SYS/broker/uptime",
+    "$SYS/broker/clients/connected",
+    "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent",
+    "$SYS/broker/subscriptions/count",
+    "$SYS/broker/retained messages/count",
+]
+
+
+def test_sys_topics_published_retained(sys_broker):
+    b = sys_broker
+    wild = Mq(b, proto=V5)
+    wild.connect()
+    wild.subscribe("#", 0)
+    sub = Mq(b, proto=V3)
+    sub.connect()
+    time.sleep(1.2)
+    sub.subscribe("$SYS/#", 0)
+    got = {}
+    deadline = time.monotonic() + WAIT
+    while not set(SYS_TOPICS) <= set(got) and time.monotonic() < deadline:
+        m = sub.get()
+        got[m.topic] = m
+    assert set(SYS_TOPICS) <= set(got), sorted(got)
+    assert all(got[t].retain for t in SYS_TOPICS)
+    assert got["$SYS/broker/version"].payload.startswith(b"wharf version ")
+    assert got["$SYS/broker/uptime"].payload.endswith(b" seconds")
+    assert int(got["$SYS/broker/clients/connected"].payload) >= 2
+    assert int(got["$SYS/broker/messages/received"].payload) >= 3
+    assert int(got["$SYS/broker/subscriptions/count"].payload) >= 1
+    # Published periodically: the uptime moves on, to subscribers that are there already.
+    first = int(got["$SYS/broker/uptime"].payload.split()[0])
+    deadline = time.monotonic() + WAIT
+    while True:
+        m = sub.get()
+        if m.topic == "$SYS/broker/uptime" and int(m.payload.split()[0]) > first:
+            assert not m.retain
+            break
+        assert time.monotonic() < deadline
+    # `#` does not match `$SYS/...`.
+    for m in drain(wild, 0.2):
+        assert not m.topic.startswith("$"), m.topic
+    sub.close()
+    wild.close()
+
+
+@pytest.fixture
+def no_sys_broker(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHARF_MQTT__SYS_INTERVAL_SECS", "0")
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        yield b
+    finally:
+        b.stop_quietly()
+
+
+def test_sys_topics_off(no_sys_broker):
+    sub = Mq(no_sys_broker, proto=V3)
+    sub.connect()
+    sub.subscribe("$SYS/#", 0)
+    sub.nothing(1.5)
+    sub.close()
+
+
+# -- memory alarm ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def low_memory_broker(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHARF_MEMORY_HIGH_WATERMARK_BYTES", "200000")
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        yield b
+    finally:
+        b.stop_quietly()
+
+
+def test_memory_alarm_blocks_mqtt_publishers(low_memory_broker):
+    b = low_memory_broker
+    ident = cid("slow")
+    topic = f"mem/{uuid.uuid4().hex[:6]}"
+    slow = Mq(b, client_id=ident, clean=False)
+    slow.connect()
+    slow.subscribe(topic, 1)
+    slow.close()
+    pub = Mq(b, proto=V3)
+    pub.connect()
+    body = b"x" * 1024
+    for _ in range(300):
+        pub.publish(topic, body, 0)
+    # Over the high-water mark: the publisher is not read from, so its QoS 1 publish waits.
+    info = pub.c.publish(topic, b"blocked", 1)
+    time.sleep(1.5)
+    assert not info.is_published()
+    assert "memory alarm: MQTT publisher blocked" in b.log_text()
+    # A client that does not publish still works.
+    drain_client = Mq(b, client_id=ident, clean=False)
+    drain_client.connect()
+    got = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            m = drain_client.get(timeout=2)
+        except queue.Empty:
+            break
+        got += 1
+        if m.payload == b"blocked":
+            break
+    # Draining the queue clears the alarm: the publisher is read again.
+    info.wait_for_publish(WAIT)
+    assert info.is_published()
+    assert got >= 300
+    assert "memory alarm: MQTT publisher unblocked" in b.log_text()
+    pub.close()
+    drain_client.close()

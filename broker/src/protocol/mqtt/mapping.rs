@@ -19,6 +19,74 @@ pub const PAYLOAD_FORMAT_HEADER: &str = "x-mqtt-payload-format";
 pub const REPLY_TO_TOPIC_HEADER: &str = "x-reply-to-topic";
 /// Header carrying Correlation Data that is not a valid AMQP short string.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// Header carrying the client id of the MQTT publisher (for No Local).
+pub const CLIENT_ID_HEADER: &str = "x-mqtt-client-id";
+/// Header set (to 1) on messages published with the RETAIN flag (for Retain As Published).
+pub const RETAIN_HEADER: &str = "x-mqtt-retain";
+/// Header carrying when a message with a Message Expiry Interval was published (milliseconds
+/// since the Unix epoch), so that deliveries send the interval left (MQTT-3.3.2-6).
+pub const PUBLISHED_AT_HEADER: &str = "x-mqtt-published-at";
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Where a message stands with its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No expiry.
+    Never,
+    /// Seconds left (rounded up); the original interval when the publish time is unknown
+    /// (messages from AMQP).
+    Left(u32),
+    /// Expired: not to be delivered.
+    Expired,
+}
+
+/// The expiry of `msg` as of now: `expiration` minus the time since `x-mqtt-published-at`.
+pub fn expiry(msg: &Message) -> Expiry {
+    let Some(ms) = msg.properties.expiration_ms() else {
+        return Expiry::Never;
+    };
+    let left = match header(msg, PUBLISHED_AT_HEADER).and_then(Value::as_i64) {
+        Some(at) => {
+            let elapsed = u64::try_from(now_millis().saturating_sub(at)).unwrap_or(0);
+            match ms.checked_sub(elapsed) {
+                Some(l) if l > 0 => l,
+                _ => return Expiry::Expired,
+            }
+        }
+        None => ms,
+    };
+    Expiry::Left(u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX))
+}
+
+/// Tags a message published by an MQTT client: who published it, and whether with RETAIN.
+pub fn tag_publisher(msg: &mut Message, client_id: &str, retain: bool) {
+    let headers = msg.properties.headers.get_or_insert_with(Table::new);
+    headers.insert(CLIENT_ID_HEADER.into(), Value::long_string(client_id));
+    if retain {
+        headers.insert(RETAIN_HEADER.into(), Value::U8(1));
+    }
+}
+
+fn header<'a>(msg: &'a Message, name: &str) -> Option<&'a Value> {
+    msg.properties.headers.as_ref().and_then(|h| h.get(name))
+}
+
+/// The client id of the MQTT client that published `msg`, if one did.
+pub fn publisher(msg: &Message) -> Option<&str> {
+    header(msg, CLIENT_ID_HEADER).and_then(Value::as_str)
+}
+
+/// Whether `msg` was published with the RETAIN flag.
+pub fn published_retained(msg: &Message) -> bool {
+    header(msg, RETAIN_HEADER)
+        .and_then(Value::as_i64)
+        .is_some_and(|v| v == 1)
+}
 
 /// Whether an MQTT topic filter matches a topic name, with MQTT's `$` rule: a filter starting
 /// with `+` or `#` does not match a topic starting with `$` (MQTT 5 section 4.7.2).
@@ -69,6 +137,7 @@ pub fn to_message(topic: &str, payload: Bytes, qos: QoS, props: &PublishProperti
     }
     if let Some(secs) = props.message_expiry_interval {
         p.expiration = Some((u64::from(secs) * 1000).to_string());
+        headers.insert(PUBLISHED_AT_HEADER.into(), Value::I64(now_millis()));
     }
     if let Some(utf8) = props.payload_format_utf8 {
         headers.insert(PAYLOAD_FORMAT_HEADER.into(), Value::U8(u8::from(utf8)));
@@ -122,15 +191,17 @@ pub fn to_properties(msg: &Message) -> PublishProperties {
     let mut out = PublishProperties {
         content_type: p.content_type.clone(),
         correlation_data: p.correlation_id.clone().map(Bytes::from),
-        message_expiry_interval: p
-            .expiration_ms()
-            .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
+        message_expiry_interval: match expiry(msg) {
+            Expiry::Never => None,
+            Expiry::Left(s) => Some(s),
+            Expiry::Expired => Some(1),
+        },
         ..Default::default()
     };
     if let Some(headers) = &p.headers {
         for (k, v) in headers {
             match k.as_str() {
-                QOS_HEADER => {}
+                QOS_HEADER | CLIENT_ID_HEADER | RETAIN_HEADER | PUBLISHED_AT_HEADER => {}
                 PAYLOAD_FORMAT_HEADER => out.payload_format_utf8 = v.as_i64().map(|x| x == 1),
                 REPLY_TO_TOPIC_HEADER => {
                     out.response_topic = v
@@ -198,5 +269,47 @@ mod tests {
         assert_eq!(back.message_expiry_interval, Some(30));
         assert_eq!(back.payload_format_utf8, Some(true));
         assert_eq!(back.user_properties, props.user_properties);
+    }
+
+    #[test]
+    fn expiry_counts_down_from_the_publish_time() {
+        let props = PublishProperties {
+            message_expiry_interval: Some(10),
+            ..Default::default()
+        };
+        let mut msg = to_message("a", Bytes::from_static(b"x"), QoS::AtLeastOnce, &props);
+        assert_eq!(expiry(&msg), Expiry::Left(10));
+        let h = msg.properties.headers.as_mut().unwrap();
+        h.insert(PUBLISHED_AT_HEADER.into(), Value::I64(now_millis() - 3_500));
+        assert_eq!(expiry(&msg), Expiry::Left(7));
+        assert_eq!(to_properties(&msg).message_expiry_interval, Some(7));
+        let h = msg.properties.headers.as_mut().unwrap();
+        h.insert(
+            PUBLISHED_AT_HEADER.into(),
+            Value::I64(now_millis() - 10_000),
+        );
+        assert_eq!(expiry(&msg), Expiry::Expired);
+        // From AMQP (no publish time): the whole interval.
+        let h = msg.properties.headers.as_mut().unwrap();
+        h.remove(PUBLISHED_AT_HEADER);
+        assert_eq!(expiry(&msg), Expiry::Left(10));
+        let plain = to_message("a", Bytes::new(), QoS::AtMostOnce, &Default::default());
+        assert_eq!(expiry(&plain), Expiry::Never);
+    }
+
+    #[test]
+    fn publisher_tags_are_not_user_properties() {
+        let mut msg = to_message(
+            "a",
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            &Default::default(),
+        );
+        assert_eq!(publisher(&msg), None);
+        assert!(!published_retained(&msg));
+        tag_publisher(&mut msg, "dev-1", true);
+        assert_eq!(publisher(&msg), Some("dev-1"));
+        assert!(published_retained(&msg));
+        assert!(to_properties(&msg).user_properties.is_empty());
     }
 }

@@ -21,6 +21,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     /// Where retained messages are kept.
     pub data_dir: PathBuf,
+    /// Seconds between `$SYS/` statistics publishes; 0 = none.
+    pub sys_interval_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -54,9 +57,14 @@ impl Default for MqttConfig {
             packet_bytes_max: 16 << 20,
             receive_maximum: 100,
             data_dir: PathBuf::from("wharf-data"),
+            sys_interval_secs: 10,
         }
     }
 }
+
+/// The shared subscriptions (full filter, options) of a persistent session offline, and when
+/// the session expires (`None`: never).
+type OfflineShared = (Vec<(String, session::Sub)>, Option<std::time::Instant>);
 
 /// A connected client, for takeover.
 #[derive(Debug)]
@@ -78,7 +86,32 @@ pub struct MqttContext {
     wills: Mutex<HashMap<String, CancellationToken>>,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL of persistent sessions offline.
     qos2_in: Mutex<HashMap<String, HashSet<u16>>>,
+    /// Members of each shared subscription queue (`mqtt-shared-<group>-<hash>`); the last one
+    /// to leave deletes the queue. Declaring, joining and leaving happen under this lock.
+    shared_members: Mutex<HashMap<String, usize>>,
+    /// Shared subscriptions of persistent sessions offline, by client id.
+    shared_offline: Mutex<HashMap<String, OfflineShared>>,
     retained: retained::Retained,
+    stats: Stats,
+}
+
+/// Counters for `$SYS/` (as Mosquitto names them).
+#[derive(Debug)]
+struct Stats {
+    started: Instant,
+    /// MQTT packets of any type received / sent.
+    packets_received: AtomicU64,
+    packets_sent: AtomicU64,
+    publish_received: AtomicU64,
+    publish_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    /// Subscriptions of connected sessions (shared ones included).
+    subscriptions: AtomicI64,
+}
+
+fn count(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 impl MqttContext {
@@ -93,9 +126,110 @@ impl MqttContext {
             clients: Mutex::new(HashMap::new()),
             wills: Mutex::new(HashMap::new()),
             qos2_in: Mutex::new(HashMap::new()),
+            shared_members: Mutex::new(HashMap::new()),
+            shared_offline: Mutex::new(HashMap::new()),
             retained,
+            stats: Stats {
+                started: Instant::now(),
+                packets_received: AtomicU64::new(0),
+                packets_sent: AtomicU64::new(0),
+                publish_received: AtomicU64::new(0),
+                publish_sent: AtomicU64::new(0),
+                bytes_received: AtomicU64::new(0),
+                bytes_sent: AtomicU64::new(0),
+                subscriptions: AtomicI64::new(0),
+            },
         }))
+        .inspect(start_sys)
     }
+
+    /// The `$SYS/` topics and their values now.
+    fn sys_values(&self) -> Vec<(&'static str, String)> {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        vec![
+            (
+                "$SYS/broker/version",
+                format!("wharf version {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", s.started.elapsed().as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                self.clients.lock().len().to_string(),
+            ),
+            ("$SYS/broker/messages/received", get(&s.packets_received)),
+            ("$SYS/broker/messages/sent", get(&s.packets_sent)),
+            (
+                "$SYS/broker/publish/messages/received",
+                get(&s.publish_received),
+            ),
+            ("$SYS/broker/publish/messages/sent", get(&s.publish_sent)),
+            ("$SYS/broker/load/bytes/received", get(&s.bytes_received)),
+            ("$SYS/broker/load/bytes/sent", get(&s.bytes_sent)),
+            (
+                "$SYS/broker/subscriptions/count",
+                s.subscriptions.load(Ordering::Relaxed).max(0).to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained.count().to_string(),
+            ),
+        ]
+    }
+
+    /// Publishes the `$SYS/` values that changed since `last` as retained messages.
+    fn publish_sys(&self, last: &mut HashMap<&'static str, String>) {
+        let Some(vhost) = self.engine.vhost(&self.config.vhost) else {
+            return;
+        };
+        for (topic, value) in self.sys_values() {
+            if last.get(topic) == Some(&value) {
+                continue;
+            }
+            let mut msg = mapping::to_message(
+                topic,
+                value.clone().into(),
+                codecs::mqtt::QoS::AtMostOnce,
+                &Default::default(),
+            );
+            if let Some(h) = msg.properties.headers.as_mut() {
+                h.insert(mapping::RETAIN_HEADER.into(), crate::engine::Value::U8(1));
+            }
+            self.retained.set_volatile(topic, msg.clone());
+            if let Err(e) = vhost.publish(mapping::EXCHANGE, msg) {
+                tracing::warn!(error = %e, topic, "cannot publish $SYS statistics");
+            }
+            last.insert(topic, value);
+        }
+    }
+}
+
+/// Starts the `$SYS/` publisher (every `sys_interval_secs`, the first at once); it stops when
+/// the context is dropped.
+fn start_sys(ctx: &Arc<MqttContext>) {
+    let secs = ctx.config.sys_interval_secs;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if secs == 0 {
+        return;
+    }
+    let weak = Arc::downgrade(ctx);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = HashMap::new();
+        loop {
+            tick.tick().await;
+            let Some(ctx) = weak.upgrade() else {
+                return;
+            };
+            ctx.publish_sys(&mut last);
+        }
+    });
 }
 
 /// A client must send CONNECT within this.
@@ -116,10 +250,16 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let engine = ctx.engine.clone();
+    let stats_ctx = ctx.clone();
+    let stats = &stats_ctx.stats;
     let mut s = Session::new(ctx, peer);
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(4 * 1024);
     let mut durable = engine.subscribe_durable();
+    // Memory alarm: a connection that has published is not read from while it is on (as
+    // RabbitMQ's MQTT plugin blocks publishers); its keep-alive is suspended meanwhile.
+    let mut alarm = Some(engine.memory_alarm());
+    let mut blocked = false;
     let started = Instant::now();
     let mut last_recv = started;
     let mut shutdown_seen = false;
@@ -137,10 +277,18 @@ pub async fn serve<S>(
             }
             close_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
         }
-        let read_enabled = s.phase != Phase::Done;
+        let alarm_on = alarm.as_ref().is_some_and(|a| *a.borrow());
+        let now_blocked = alarm_on && s.publisher && s.phase == Phase::Open;
+        if now_blocked != blocked {
+            tracing::info!(peer = %peer, client_id = %s.client_id, blocked = now_blocked, "memory alarm: MQTT publisher {}", if now_blocked { "blocked" } else { "unblocked" });
+            // The keep-alive starts again when reading resumes.
+            last_recv = Instant::now();
+            blocked = now_blocked;
+        }
+        let read_enabled = s.phase != Phase::Done && !blocked;
         let events_enabled = s.out.len() < OUT_HIGH_WATER && s.phase == Phase::Open;
         let wants_durable = s.waits_for_durability(engine.durable_lsn());
-        let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0)
+        let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0 && !blocked)
             .then(|| Duration::from_millis(u64::from(s.keep_alive) * 1500));
         let mut deadline = Instant::now() + Duration::from_secs(3600);
         if s.phase == Phase::Connecting {
@@ -162,17 +310,25 @@ pub async fn serve<S>(
             () = kick.cancelled(), if s.phase == Phase::Open => s.on_taken_over(),
             r = reader.read_buf(&mut rbuf), if read_enabled => match r {
                 Ok(0) | Err(_) => break,
-                Ok(_) => last_recv = Instant::now(),
+                Ok(n) => {
+                    last_recv = Instant::now();
+                    count(&stats.bytes_received, n as u64);
+                }
             },
             r = writer.write_buf(&mut s.out), if !s.out.is_empty() => match r {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(n) => count(&stats.bytes_sent, n as u64),
             },
             Some(ev) = s.rx.recv(), if events_enabled => {
                 s.on_outbound(ev);
                 drain_events(&mut s);
             }
             () = durable_changed(&mut durable), if wants_durable => {}
+            changed = alarm_changed(&mut alarm), if s.publisher => {
+                if !changed {
+                    alarm = None;
+                }
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 if close_deadline.is_some_and(|c| now >= c) {
@@ -202,6 +358,14 @@ fn drain_events(s: &mut Session) {
             Ok(ev) => s.on_outbound(ev),
             Err(_) => return,
         }
+    }
+}
+
+/// Resolves when the memory alarm changes; false once the engine is gone.
+async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> bool {
+    match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending::<bool>().await,
     }
 }
 

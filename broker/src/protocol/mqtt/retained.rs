@@ -18,6 +18,8 @@ use crate::engine::Message;
 pub struct Retained {
     path: PathBuf,
     map: Mutex<BTreeMap<String, Message>>,
+    /// Retained `$SYS/` statistics: in memory only, republished after a restart.
+    sys: Mutex<BTreeMap<String, Message>>,
 }
 
 impl Retained {
@@ -48,6 +50,7 @@ impl Retained {
         Ok(Retained {
             path,
             map: Mutex::new(map),
+            sys: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -66,18 +69,32 @@ impl Retained {
         }
     }
 
-    /// The retained messages whose topic `filter` matches.
-    pub fn matching(&self, filter: &str) -> Vec<(String, Message)> {
-        self.map
-            .lock()
-            .iter()
-            .filter(|(t, _)| filter_matches(filter, t))
-            .map(|(t, m)| (t.clone(), m.clone()))
-            .collect()
+    /// Stores a retained message that is not written to disk (`$SYS/` statistics).
+    pub fn set_volatile(&self, topic: &str, msg: Message) {
+        self.sys.lock().insert(topic.to_string(), msg);
     }
 
+    /// The retained messages whose topic `filter` matches.
+    pub fn matching(&self, filter: &str) -> Vec<(String, Message)> {
+        let pick = |map: &BTreeMap<String, Message>| -> Vec<(String, Message)> {
+            map.iter()
+                .filter(|(t, _)| filter_matches(filter, t))
+                .map(|(t, m)| (t.clone(), m.clone()))
+                .collect()
+        };
+        let mut out = pick(&self.map.lock());
+        out.extend(pick(&self.sys.lock()));
+        out
+    }
+
+    /// Retained messages on disk.
     pub(super) fn len(&self) -> usize {
         self.map.lock().len()
+    }
+
+    /// Retained messages, `$SYS/` ones included.
+    pub(super) fn count(&self) -> usize {
+        self.map.lock().len() + self.sys.lock().len()
     }
 
     fn save(&self, map: &BTreeMap<String, Message>) -> std::io::Result<()> {

@@ -10,16 +10,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use codecs::mqtt::topic::{filter_to_binding_key, routing_key_to_topic, split_shared};
 use codecs::mqtt::{
-    Ack, Codec, ConnAck, ConnAckProperties, Connect, Disconnect, DisconnectProperties, Limits,
-    Packet, Protocol, Publish, QoS, ReasonCode, Reply, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will,
+    Ack, AckProperties, Codec, ConnAck, ConnAckProperties, Connect, Disconnect,
+    DisconnectProperties, Limits, Packet, Protocol, Publish, QoS, ReasonCode, Reply,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::mapping::{self, filter_matches, EXCHANGE};
-use super::{Connected, MqttContext};
+use super::{count, Connected, MqttContext};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
     Engine, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
@@ -38,6 +38,8 @@ pub(super) enum Phase {
 const ARG_FILTER: &str = "x-mqtt-filter";
 const ARG_QOS: &str = "x-mqtt-qos";
 const ARG_SUB_ID: &str = "x-mqtt-subscription-id";
+const ARG_NO_LOCAL: &str = "x-mqtt-no-local";
+const ARG_RAP: &str = "x-mqtt-retain-as-published";
 /// Topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum in CONNACK).
 const TOPIC_ALIAS_MAX: u16 = 16;
 /// The channel number of the session's one engine channel.
@@ -45,9 +47,44 @@ const CHANNEL: u16 = 1;
 const CONSUMER_TAG: &str = "mqtt";
 
 #[derive(Debug, Clone)]
-struct Sub {
+pub(super) struct Sub {
     qos: QoS,
     id: Option<u32>,
+    /// MQTT 5 No Local: not the messages this client id published.
+    no_local: bool,
+    /// MQTT 5 Retain As Published: keep RETAIN on forwarded messages published with it.
+    rap: bool,
+}
+
+impl Sub {
+    fn new(s: &Subscribe, options: &codecs::mqtt::SubscriptionOptions) -> Sub {
+        Sub {
+            qos: options.qos,
+            id: s.properties.subscription_identifier,
+            no_local: options.no_local,
+            rap: options.retain_as_published,
+        }
+    }
+}
+
+/// A shared subscription (`$share/{group}/{filter}`) this session is a member of: it consumes
+/// from the group's queue, which the engine round-robins among the members.
+#[derive(Debug)]
+struct SharedSub {
+    /// The filter after `$share/{group}/`.
+    filter: String,
+    sub: Sub,
+    queue: Arc<Queue>,
+}
+
+/// The queue of a shared subscription: `mqtt-shared-<group>-<FNV-1a of the filter, hex>`.
+fn shared_queue_name(group: &str, filter: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in filter.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("mqtt-shared-{group}-{h:016x}")
 }
 
 /// An outbound QoS 1/2 message awaiting PUBACK or PUBREC.
@@ -79,6 +116,8 @@ pub(super) struct Session {
     persistent: bool,
     session_expiry: u32,
     subs: HashMap<String, Sub>,
+    /// Shared subscriptions by their full `$share/...` filter.
+    shared: HashMap<String, SharedSub>,
     will: Option<Will>,
     /// Publish the will when the connection ends (cleared by a normal DISCONNECT).
     will_armed: bool,
@@ -90,6 +129,10 @@ pub(super) struct Session {
     gated: VecDeque<(Lsn, Packet)>,
     aliases_in: HashMap<u16, String>,
     client_packet_max: Option<u32>,
+    /// MQTT 5 Request Problem Information (default 1): Reason Strings on acknowledgements.
+    problem_info: bool,
+    /// The client has published: blocked while the memory alarm is on.
+    pub(super) publisher: bool,
     pub(super) kick: CancellationToken,
     done: CancellationToken,
     registered: bool,
@@ -123,6 +166,7 @@ impl Session {
             persistent: false,
             session_expiry: 0,
             subs: HashMap::new(),
+            shared: HashMap::new(),
             will: None,
             will_armed: false,
             next_pid: 1,
@@ -132,6 +176,8 @@ impl Session {
             gated: VecDeque::new(),
             aliases_in: HashMap::new(),
             client_packet_max: None,
+            problem_info: true,
+            publisher: false,
             kick: CancellationToken::new(),
             done: CancellationToken::new(),
             registered: false,
@@ -143,8 +189,38 @@ impl Session {
     }
 
     fn send(&mut self, packet: &Packet) {
+        count(&self.ctx.stats.packets_sent, 1);
+        if let (Some(max), false) = (self.client_packet_max, matches!(packet, Packet::Publish(_))) {
+            // MQTT-3.1.2-25 / 4.13: a Reason String that would make an acknowledgement too
+            // large for the client is left out.
+            if self
+                .codec
+                .encoded_size(packet)
+                .is_ok_and(|n| n > max as usize)
+            {
+                if let Some(p) = without_reason_string(packet) {
+                    if let Err(e) = self.codec.encode(&p, &mut self.out) {
+                        tracing::warn!(peer = %self.peer, error = %e, "cannot encode MQTT packet");
+                    }
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.codec.encode(packet, &mut self.out) {
             tracing::warn!(peer = %self.peer, error = %e, "cannot encode MQTT packet");
+        }
+    }
+
+    /// Properties of an acknowledgement: a Reason String for an MQTT 5 client that did not
+    /// turn Request Problem Information off, when `code` is not plain success.
+    fn ack_props(&self, code: ReasonCode, text: impl FnOnce() -> String) -> AckProperties {
+        if self.v5() && self.problem_info && code != ReasonCode::SUCCESS {
+            AckProperties {
+                reason_string: Some(text()),
+                ..Default::default()
+            }
+        } else {
+            AckProperties::default()
         }
     }
 
@@ -193,10 +269,26 @@ impl Session {
     }
 
     fn connack_refuse(&mut self, code: ReasonCode) {
+        let text = match code {
+            ReasonCode::BAD_AUTHENTICATION_METHOD => "enhanced authentication is not supported",
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD => "unknown user or wrong password",
+            ReasonCode::NOT_AUTHORIZED => "this user may not connect from here or to this vhost",
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "an empty client identifier is not allowed",
+            _ => "connection refused",
+        };
+        // A Reason String is allowed on CONNACK whatever Request Problem Information says.
+        let properties = if self.v5() {
+            ConnAckProperties {
+                reason_string: Some(text.into()),
+                ..Default::default()
+            }
+        } else {
+            ConnAckProperties::default()
+        };
         self.send(&Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             code,
-            properties: ConnAckProperties::default(),
+            properties,
         })));
         self.phase = Phase::Done;
     }
@@ -208,10 +300,14 @@ impl Session {
             match self.codec.decode(buf, &self.limits) {
                 Ok(None) => return None,
                 Ok(Some(Packet::Connect(c))) if self.phase == Phase::Connecting => {
+                    count(&self.ctx.stats.packets_received, 1);
                     self.protocol = c.protocol;
                     return Some(c);
                 }
-                Ok(Some(packet)) => self.on_packet(packet),
+                Ok(Some(packet)) => {
+                    count(&self.ctx.stats.packets_received, 1);
+                    self.on_packet(packet);
+                }
                 Err(e) => {
                     tracing::info!(peer = %self.peer, client_id = %self.client_id, error = %e, "bad MQTT input, closing");
                     match e.reply() {
@@ -245,6 +341,7 @@ impl Session {
     pub(super) async fn on_connect(&mut self, c: Connect) {
         let ctx = self.ctx.clone();
         let cfg = &ctx.config;
+        self.client_packet_max = c.properties.maximum_packet_size;
         if c.properties.authentication_method.is_some() {
             // Enhanced authentication (AUTH) is not offered: no method is known.
             return self.connack_refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
@@ -327,11 +424,13 @@ impl Session {
         self.queue_name = format!("mqtt-subscription-{client_id}");
         let existing = vhost.queue(&self.queue_name, self.conn_id).ok();
         let mut session_present = false;
+        let mut rejoin = Vec::new();
         if c.clean_start {
             if let Some(q) = existing {
                 let _ = vhost.delete_queue_unchecked(&q);
             }
             self.ctx.qos2_in.lock().remove(&client_id);
+            self.ctx.shared_offline.lock().remove(&client_id);
         } else {
             if let Some(q) = existing {
                 session_present = true;
@@ -342,12 +441,19 @@ impl Session {
                 self.in_qos2 = ids;
                 session_present = true;
             }
+            if let Some((subs, until)) = self.ctx.shared_offline.lock().remove(&client_id) {
+                if until.is_none_or(|t| std::time::Instant::now() < t) {
+                    session_present = true;
+                    rejoin = subs;
+                }
+            }
         }
         self.vhost = Some(vhost);
         self.keep_alive = c.keep_alive;
         self.will = c.will;
         self.will_armed = self.will.is_some();
         self.client_packet_max = c.properties.maximum_packet_size;
+        self.problem_info = c.properties.request_problem_information.unwrap_or(true);
         let receive_max = match c.protocol {
             Protocol::V5 => c.properties.receive_maximum.unwrap_or(u16::MAX),
             _ => cfg.receive_maximum,
@@ -364,7 +470,7 @@ impl Session {
                 retain_available: Some(true),
                 wildcard_subscription_available: Some(true),
                 subscription_identifiers_available: Some(true),
-                shared_subscription_available: Some(false),
+                shared_subscription_available: Some(true),
                 ..Default::default()
             }
         } else {
@@ -379,6 +485,11 @@ impl Session {
         tracing::debug!(peer = %self.peer, client_id = %self.client_id, protocol = ?self.protocol, persistent, "MQTT session open");
         if self.queue.is_some() {
             self.start_consuming();
+        }
+        for (full, sub) in rejoin {
+            if let Some((group, filter)) = split_shared(&full) {
+                self.join_shared(&full, group, filter, sub);
+            }
         }
     }
 
@@ -406,7 +517,20 @@ impl Session {
                 .get(ARG_SUB_ID)
                 .and_then(Value::as_i64)
                 .and_then(|x| u32::try_from(x).ok());
-            self.subs.insert(filter.to_string(), Sub { qos, id });
+            let flag = |name: &str| {
+                b.arguments
+                    .get(name)
+                    .and_then(Value::as_i64)
+                    .is_some_and(|v| v == 1)
+            };
+            let sub = Sub {
+                qos,
+                id,
+                no_local: flag(ARG_NO_LOCAL),
+                rap: flag(ARG_RAP),
+            };
+            self.subs.insert(filter.to_string(), sub);
+            self.count_subs(1);
         }
     }
 
@@ -466,6 +590,14 @@ impl Session {
         }
     }
 
+    /// Counts subscriptions of connected sessions for `$SYS/broker/subscriptions/count`.
+    fn count_subs(&self, delta: i64) {
+        self.ctx
+            .stats
+            .subscriptions
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
     fn on_packet(&mut self, packet: Packet) {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
@@ -485,31 +617,46 @@ impl Session {
                         }));
                     }
                 }
-                None => self.send(&Packet::PubRel(Ack {
-                    packet_id: a.packet_id,
-                    reason: if self.out_pubrel.contains(&a.packet_id) {
+                None => {
+                    let reason = if self.out_pubrel.contains(&a.packet_id) {
                         ReasonCode::SUCCESS
                     } else {
                         ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                    },
-                    ..Default::default()
-                })),
+                    };
+                    let properties = self.ack_props(reason, || {
+                        format!(
+                            "no message in flight with packet identifier {}",
+                            a.packet_id
+                        )
+                    });
+                    self.send(&Packet::PubRel(Ack {
+                        packet_id: a.packet_id,
+                        reason,
+                        properties,
+                    }));
+                }
             },
             Packet::PubComp(a) => {
                 self.out_pubrel.remove(&a.packet_id);
             }
             Packet::PubRel(a) => {
-                let known = self.in_qos2.remove(&a.packet_id);
+                let reason = if self.in_qos2.remove(&a.packet_id) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                let properties = self.ack_props(reason, || {
+                    format!(
+                        "no QoS 2 message received with packet identifier {}",
+                        a.packet_id
+                    )
+                });
                 self.send_gated(
                     0,
                     Packet::PubComp(Ack {
                         packet_id: a.packet_id,
-                        reason: if known {
-                            ReasonCode::SUCCESS
-                        } else {
-                            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                        },
-                        ..Default::default()
+                        reason,
+                        properties,
                     }),
                 );
             }
@@ -542,6 +689,8 @@ impl Session {
     }
 
     fn on_publish(&mut self, mut p: Publish) {
+        count(&self.ctx.stats.publish_received, 1);
+        self.publisher = true;
         if let Some(alias) = p.properties.topic_alias {
             if alias > TOPIC_ALIAS_MAX {
                 return self.disconnect(ReasonCode::TOPIC_ALIAS_INVALID);
@@ -565,24 +714,37 @@ impl Session {
                 }),
             );
         }
-        let msg = mapping::to_message(&p.topic, p.payload.clone(), p.qos, &p.properties);
+        let mut msg = mapping::to_message(&p.topic, p.payload.clone(), p.qos, &p.properties);
+        mapping::tag_publisher(&mut msg, &self.client_id, p.retain);
         if p.retain {
             self.ctx.retained.set(&p.topic, msg.clone());
         }
-        let (lsn, reason) = match self.vhost.as_ref().map(|v| v.publish(EXCHANGE, msg)) {
-            Some(Ok(o)) if o.rejected => (o.lsn, ReasonCode::QUOTA_EXCEEDED),
-            Some(Ok(o)) if !o.routed => (o.lsn, ReasonCode::NO_MATCHING_SUBSCRIBERS),
-            Some(Ok(o)) => (o.lsn, ReasonCode::SUCCESS),
+        let (lsn, reason, text) = match self.vhost.as_ref().map(|v| v.publish(EXCHANGE, msg)) {
+            Some(Ok(o)) if o.rejected => (
+                o.lsn,
+                ReasonCode::QUOTA_EXCEEDED,
+                "a queue is full and refuses publishes (x-overflow reject-publish)".to_string(),
+            ),
+            Some(Ok(o)) if !o.routed => (
+                o.lsn,
+                ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                "no subscription matches the topic".to_string(),
+            ),
+            Some(Ok(o)) => (o.lsn, ReasonCode::SUCCESS, String::new()),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "MQTT publish failed");
-                (0, ReasonCode::UNSPECIFIED_ERROR)
+                (
+                    0,
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    format!("publish failed: {e}"),
+                )
             }
-            None => (0, ReasonCode::UNSPECIFIED_ERROR),
+            None => (0, ReasonCode::UNSPECIFIED_ERROR, "no vhost".to_string()),
         };
         let ack = Ack {
             packet_id: p.packet_id,
             reason,
-            ..Default::default()
+            properties: self.ack_props(reason, || text),
         };
         match p.qos {
             QoS::AtMostOnce => {}
@@ -602,6 +764,13 @@ impl Session {
         args.insert(ARG_QOS.into(), Value::U8(sub.qos as u8));
         if let Some(id) = sub.id {
             args.insert(ARG_SUB_ID.into(), Value::I64(i64::from(id)));
+        }
+        // Only when set, so bindings made before these options existed still match.
+        if sub.no_local {
+            args.insert(ARG_NO_LOCAL.into(), Value::U8(1));
+        }
+        if sub.rap {
+            args.insert(ARG_RAP.into(), Value::U8(1));
         }
         args
     }
@@ -623,22 +792,25 @@ impl Session {
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
         for sub in &s.subscriptions {
-            if split_shared(&sub.filter).is_some() {
-                reasons.push(if self.v5() {
-                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            if let Some((group, filter)) = split_shared(&sub.filter) {
+                let new = Sub::new(&s, &sub.options);
+                // No retained messages for a shared subscription (MQTT-3.8.4-...: "retained
+                // messages are not sent to the session when it establishes a new shared one").
+                let code = if self.join_shared(&sub.filter, group, filter, new) {
+                    ReasonCode(sub.options.qos as u8)
+                } else if self.v5() {
+                    ReasonCode::UNSPECIFIED_ERROR
                 } else {
                     ReasonCode::V3_SUBACK_FAILURE
-                });
+                };
+                reasons.push(code);
                 continue;
             }
             let Some(q) = self.ensure_queue() else {
                 reasons.push(ReasonCode::UNSPECIFIED_ERROR);
                 continue;
             };
-            let new = Sub {
-                qos: sub.options.qos,
-                id: s.properties.subscription_identifier,
-            };
+            let new = Sub::new(&s, &sub.options);
             let existed = self.subs.remove(&sub.filter);
             if let Some(old) = &existed {
                 self.unbind(&sub.filter, old);
@@ -666,14 +838,25 @@ impl Session {
             if send_retained {
                 retained.push((sub.filter.clone(), new.clone()));
             }
+            if existed.is_none() {
+                self.count_subs(1);
+            }
             self.subs.insert(sub.filter.clone(), new);
         }
+        let failed = reasons.iter().filter(|r| r.is_error()).count();
+        let properties = if failed > 0 {
+            self.ack_props(ReasonCode::UNSPECIFIED_ERROR, || {
+                format!("{failed} subscription(s) refused: the broker could not declare or bind the queue (see its log)")
+            })
+        } else {
+            AckProperties::default()
+        };
         self.send_gated(
             0,
             Packet::SubAck(SubAck {
                 packet_id: s.packet_id,
                 reasons,
-                ..Default::default()
+                properties,
             }),
         );
         for (filter, sub) in retained {
@@ -695,9 +878,16 @@ impl Session {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut reasons = Vec::new();
         for filter in &u.filters {
+            if let Some(shared) = self.shared.remove(filter) {
+                self.leave_shared(shared, false);
+                self.count_subs(-1);
+                reasons.push(ReasonCode::SUCCESS);
+                continue;
+            }
             match self.subs.remove(filter) {
                 Some(sub) => {
                     self.unbind(filter, &sub);
+                    self.count_subs(-1);
                     reasons.push(ReasonCode::SUCCESS);
                 }
                 None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
@@ -706,14 +896,117 @@ impl Session {
         if !self.v5() {
             reasons.clear();
         }
+        let properties = if reasons.contains(&ReasonCode::NO_SUBSCRIPTION_EXISTED) {
+            self.ack_props(ReasonCode::NO_SUBSCRIPTION_EXISTED, || {
+                "no such subscription in this session".to_string()
+            })
+        } else {
+            AckProperties::default()
+        };
         self.send_gated(
             0,
             Packet::UnsubAck(UnsubAck {
                 packet_id: u.packet_id,
                 reasons,
-                ..Default::default()
+                properties,
             }),
         );
+    }
+
+    /// Joins (or, when already a member, updates) the shared subscription `full`. The group's
+    /// queue is declared and bound on first use, and deleted by the last member to leave.
+    fn join_shared(&mut self, full: &str, group: &str, filter: &str, sub: Sub) -> bool {
+        if let Some(cur) = self.shared.get_mut(full) {
+            cur.sub = sub;
+            return true;
+        }
+        let Some(vhost) = self.vhost.clone() else {
+            return false;
+        };
+        let name = shared_queue_name(group, filter);
+        let ctx = self.ctx.clone();
+        let mut members = ctx.shared_members.lock();
+        let settings = QueueSettings {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: Table::new(),
+        };
+        let q = match vhost.declare_queue(&name, settings, false, self.conn_id) {
+            Ok((q, _, _)) => q,
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, "cannot declare a shared subscription queue");
+                return false;
+            }
+        };
+        let mut args = Table::new();
+        args.insert(ARG_FILTER.into(), Value::long_string(filter));
+        args.insert("x-mqtt-share-group".into(), Value::long_string(group));
+        let key = filter_to_binding_key(filter);
+        if let Err(e) = vhost.bind_queue(&name, EXCHANGE, &key, args, self.conn_id) {
+            tracing::warn!(queue = %name, error = %e, "cannot bind a shared subscription queue");
+            if !members.contains_key(&name) {
+                let _ = vhost.delete_queue_unchecked(&q);
+            }
+            return false;
+        }
+        let spec = ConsumerSpec {
+            tag: name.as_str().into(),
+            channel: ChannelHandle {
+                conn: self.conn_id,
+                channel: CHANNEL,
+                tx: self.tx.clone(),
+                credit: self.credit.clone(),
+            },
+            no_ack: false,
+            exclusive: false,
+            priority: 0,
+            prefetch: 0,
+        };
+        if let Err(e) = q.consume(spec) {
+            tracing::warn!(queue = %name, error = %e, "cannot consume a shared subscription queue");
+            if !members.contains_key(&name) {
+                let _ = vhost.delete_queue_unchecked(&q);
+            }
+            return false;
+        }
+        *members.entry(name).or_insert(0) += 1;
+        drop(members);
+        self.count_subs(1);
+        self.shared.insert(
+            full.to_string(),
+            SharedSub {
+                filter: filter.to_string(),
+                sub,
+                queue: q,
+            },
+        );
+        true
+    }
+
+    /// Leaves a shared subscription: this member's consumer goes (with `release`, its
+    /// unacknowledged messages go back to the group, as the connection is gone), and the last
+    /// member deletes the queue.
+    fn leave_shared(&mut self, s: SharedSub, release: bool) {
+        if release {
+            s.queue.release_channel(self.conn_id, CHANNEL);
+        } else {
+            s.queue.cancel(self.conn_id, CHANNEL, &s.queue.name);
+        }
+        let mut members = self.ctx.shared_members.lock();
+        let last = match members.get_mut(&s.queue.name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        };
+        if last {
+            members.remove(&s.queue.name);
+            if let Some(v) = &self.vhost {
+                let _ = v.delete_queue_unchecked(&s.queue);
+            }
+        }
     }
 
     fn alloc_pid(&mut self) -> u16 {
@@ -739,6 +1032,10 @@ impl Session {
         subscription_identifiers: Vec<u32>,
         engine: Option<(Arc<Queue>, DeliveryId)>,
     ) {
+        if mapping::expiry(msg) == mapping::Expiry::Expired {
+            // Expired while queued (or retained): not delivered (MQTT-3.3.2-5).
+            return ack_skip(engine);
+        }
         let mut properties = if self.v5() {
             mapping::to_properties(msg)
         } else {
@@ -782,39 +1079,65 @@ impl Session {
                 q.settle(&[id], Settle::Ack);
             }
         }
+        count(&self.ctx.stats.publish_sent, 1);
         self.send(&packet);
     }
 
     pub(super) fn on_outbound(&mut self, ev: Outbound) {
         match ev {
-            Outbound::Deliver { delivery, .. } => self.deliver(delivery),
-            Outbound::Cancel { .. } => {
-                // The queue was deleted (x-expires, or from AMQP).
-                self.queue = None;
+            Outbound::Deliver {
+                delivery,
+                consumer_tag,
+                ..
+            } => {
+                if &*consumer_tag == CONSUMER_TAG {
+                    self.deliver(delivery);
+                } else {
+                    self.deliver_shared(&consumer_tag, delivery);
+                }
+            }
+            Outbound::Cancel { consumer_tag, .. } => {
+                if &*consumer_tag == CONSUMER_TAG {
+                    // The queue was deleted (x-expires, or from AMQP).
+                    self.queue = None;
+                } else {
+                    // A shared subscription's queue was deleted from elsewhere.
+                    let gone: Vec<String> = self
+                        .shared
+                        .iter()
+                        .filter(|(_, s)| *s.queue.name == *consumer_tag)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in gone {
+                        if let Some(s) = self.shared.remove(&k) {
+                            self.leave_shared(s, false);
+                            self.count_subs(-1);
+                        }
+                    }
+                }
             }
         }
     }
 
     fn deliver(&mut self, d: Delivery) {
         let engine = d.queue.clone().map(|q| (q, d.id));
-        let ack_skip = |engine: Option<(Arc<Queue>, DeliveryId)>| {
-            if let Some((q, id)) = engine {
-                if id != 0 {
-                    q.settle(&[id], Settle::Ack);
-                }
-            }
-        };
         let Some(topic) = routing_key_to_topic(&d.message.routing_key) else {
             tracing::debug!(key = %d.message.routing_key, "routing key is no MQTT topic: not delivered");
             return ack_skip(engine);
         };
         // The subscription(s) this is for: the highest QoS wins, every identifier is sent.
+        // No Local subscriptions skip this client's own messages; Retain As Published ones
+        // keep RETAIN on messages published with it.
+        let own = mapping::publisher(&d.message) == Some(self.client_id.as_str());
+        let was_retained = mapping::published_retained(&d.message);
         let mut best: Option<QoS> = None;
         let mut ids = Vec::new();
+        let mut retain = false;
         for (filter, sub) in &self.subs {
-            if filter_matches(filter, &topic) {
+            if filter_matches(filter, &topic) && !(own && sub.no_local) {
                 best = Some(best.map_or(sub.qos, |b| b.max(sub.qos)));
                 ids.extend(sub.id);
+                retain |= sub.rap && was_retained;
             }
         }
         let Some(sub_qos) = best else {
@@ -827,9 +1150,38 @@ impl Session {
             &topic,
             &d.message.clone(),
             qos,
-            false,
+            retain,
             d.redelivered,
             ids,
+            engine,
+        );
+    }
+
+    /// A delivery from a shared subscription's queue (consumer tag = queue name).
+    fn deliver_shared(&mut self, tag: &str, d: Delivery) {
+        let engine = d.queue.clone().map(|q| (q, d.id));
+        let found = self
+            .shared
+            .values()
+            .find(|s| s.queue.name == tag)
+            .map(|s| (s.filter.clone(), s.sub.clone()));
+        let topic = routing_key_to_topic(&d.message.routing_key);
+        let (Some((filter, sub)), Some(topic)) = (found, topic) else {
+            return ack_skip(engine);
+        };
+        if !filter_matches(&filter, &topic) {
+            return ack_skip(engine);
+        }
+        let qos = sub.qos.min(mapping::message_qos(&d.message));
+        let retain = sub.rap && mapping::published_retained(&d.message);
+        let topic = topic.into_owned();
+        self.publish_out(
+            &topic,
+            &d.message.clone(),
+            qos,
+            retain,
+            d.redelivered,
+            sub.id.into_iter().collect(),
             engine,
         );
     }
@@ -850,6 +1202,26 @@ impl Session {
     /// The connection is gone: deliveries back to the queue, the queue deleted unless the
     /// session persists, the will published (or scheduled).
     pub(super) fn finish(&mut self) {
+        self.count_subs(-((self.subs.len() + self.shared.len()) as i64));
+        if self.persistent && !self.shared.is_empty() {
+            // A persistent session's shared subscriptions are taken up again when it
+            // reconnects (in this broker process, within its Session Expiry Interval).
+            let subs = self
+                .shared
+                .iter()
+                .map(|(full, s)| (full.clone(), s.sub.clone()))
+                .collect();
+            let until = (self.session_expiry != u32::MAX).then(|| {
+                std::time::Instant::now() + Duration::from_secs(u64::from(self.session_expiry))
+            });
+            self.ctx
+                .shared_offline
+                .lock()
+                .insert(self.client_id.clone(), (subs, until));
+        }
+        for (_, s) in std::mem::take(&mut self.shared) {
+            self.leave_shared(s, true);
+        }
         if let Some(q) = self.queue.take() {
             q.release_channel(self.conn_id, CHANNEL);
             if !self.persistent {
@@ -889,7 +1261,7 @@ impl Session {
         }
         let ctx = self.ctx.clone();
         if delay == 0 {
-            publish_will(&ctx, &vhost, &will);
+            publish_will(&ctx, &vhost, &will, &self.client_id);
             return;
         }
         let token = CancellationToken::new();
@@ -909,14 +1281,14 @@ impl Session {
                     if !token.is_cancelled() {
                         ctx.wills.lock().remove(&client_id);
                     }
-                    publish_will(&ctx, &vhost, &will);
+                    publish_will(&ctx, &vhost, &will, &client_id);
                 }
             }
         });
     }
 }
 
-fn publish_will(ctx: &MqttContext, vhost: &Vhost, will: &Will) {
+fn publish_will(ctx: &MqttContext, vhost: &Vhost, will: &Will, client_id: &str) {
     let props = codecs::mqtt::PublishProperties {
         payload_format_utf8: will.properties.payload_format_utf8,
         message_expiry_interval: will.properties.message_expiry_interval,
@@ -926,13 +1298,42 @@ fn publish_will(ctx: &MqttContext, vhost: &Vhost, will: &Will) {
         content_type: will.properties.content_type.clone(),
         ..Default::default()
     };
-    let msg = mapping::to_message(&will.topic, will.payload.clone(), will.qos, &props);
+    let mut msg = mapping::to_message(&will.topic, will.payload.clone(), will.qos, &props);
+    mapping::tag_publisher(&mut msg, client_id, will.retain);
     if will.retain {
         ctx.retained.set(&will.topic, msg.clone());
     }
     if let Err(e) = vhost.publish(EXCHANGE, msg) {
         tracing::warn!(error = %e, topic = %will.topic, "cannot publish will");
     }
+}
+
+/// Settles a delivery that is not sent (no MQTT topic, no matching subscription, expired).
+fn ack_skip(engine: Option<(Arc<Queue>, DeliveryId)>) {
+    if let Some((q, id)) = engine {
+        if id != 0 {
+            q.settle(&[id], Settle::Ack);
+        }
+    }
+}
+
+/// `packet` without its Reason String, when it is an acknowledgement that has one.
+fn without_reason_string(packet: &Packet) -> Option<Packet> {
+    let mut p = packet.clone();
+    let props = match &mut p {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            &mut a.properties
+        }
+        Packet::SubAck(a) => &mut a.properties,
+        Packet::UnsubAck(a) => &mut a.properties,
+        Packet::ConnAck(c) => {
+            c.properties.reason_string.take()?;
+            return Some(p);
+        }
+        _ => return None,
+    };
+    props.reason_string.take()?;
+    Some(p)
 }
 
 fn settle(f: OutFlight, how: Settle) {

@@ -349,3 +349,77 @@ async fn retained_message_is_delivered_on_subscribe_and_cleared() {
     assert_eq!(publ.recv().await, Some(Packet::PingResp));
     assert!(b.ctx.retained.matching("r/#").is_empty());
 }
+
+#[tokio::test]
+async fn shared_subscription_round_robins_and_goes_with_its_last_member() {
+    let b = Broker::new();
+    let (mut m1, _) = b.connect(Protocol::V3_1_1, "m1", true).await;
+    let (mut m2, _) = b.connect(Protocol::V5, "m2", true).await;
+    for m in [&mut m1, &mut m2] {
+        let Packet::SubAck(sa) = m.subscribe("$share/g/s/+", QoS::AtMostOnce).await else {
+            panic!()
+        };
+        assert_eq!(sa.reasons, vec![ReasonCode(0)]);
+    }
+    let (mut publ, _) = b.connect(Protocol::V5, "p", true).await;
+    for _ in 0..4 {
+        publ.publish("s/x", QoS::AtMostOnce, 0, b"m").await;
+    }
+    for m in [&mut m1, &mut m2] {
+        for _ in 0..2 {
+            let Some(Packet::Publish(p)) = m.recv().await else {
+                panic!()
+            };
+            assert_eq!(p.topic, "s/x");
+        }
+    }
+    let vhost = b.ctx.engine.vhost("/").unwrap();
+    let shared = || {
+        vhost
+            .queues()
+            .into_iter()
+            .filter(|q| q.name.starts_with("mqtt-shared-g-"))
+            .count()
+    };
+    assert_eq!(shared(), 1);
+    drop(m1);
+    drop(m2);
+    for _ in 0..100 {
+        if shared() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shared(), 0);
+}
+
+#[tokio::test]
+async fn no_local_skips_own_publishes() {
+    let b = Broker::new();
+    let (mut c, _) = b.connect(Protocol::V5, "nl", true).await;
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        subscriptions: vec![
+            Subscription {
+                filter: "n/own".into(),
+                options: SubscriptionOptions {
+                    no_local: true,
+                    ..Default::default()
+                },
+            },
+            Subscription {
+                filter: "n/other".into(),
+                options: SubscriptionOptions::default(),
+            },
+        ],
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+    c.publish("n/own", QoS::AtMostOnce, 0, b"skipped").await;
+    c.publish("n/other", QoS::AtMostOnce, 0, b"kept").await;
+    let Some(Packet::Publish(p)) = c.recv().await else {
+        panic!()
+    };
+    assert_eq!(&p.payload[..], b"kept");
+}
