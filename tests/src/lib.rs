@@ -1,13 +1,15 @@
 //! Test harness: starts a real wharf process on ephemeral ports.
 //!
 //! [`Broker::start`] runs `$WHARF_BIN` (default `<repo>/target/release/wharf`) with a fresh data
-//! directory and `--amqp-listen 127.0.0.1:0`, and reads the port from the
-//! `listening protocol=amqp addr=IP:PORT` line on its stderr. The log is kept and printed when a
+//! directory, `--amqp-listen 127.0.0.1:0` and `--mqtt-listen 127.0.0.1:0`, and reads the ports
+//! from the `listening protocol=amqp addr=IP:PORT` and `listening protocol=mqtt addr=IP:PORT`
+//! lines on its stderr. The log is kept and printed when a
 //! test panics while the broker is alive.
 //!
 //! With `WHARF_TEST_AMQP_URL` set (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) the tests use
 //! that broker instead (RabbitMQ, to validate the tests); it cannot be restarted, so tests that
-//! restart the broker check [`Broker::is_external`] and skip.
+//! restart the broker check [`Broker::is_external`] and skip, and so do the MQTT tests (the URL
+//! names no MQTT port): [`Broker::mqtt_port`] is `None` then.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ pub struct Broker {
     data_dir: Option<tempfile::TempDir>,
     child: Option<Child>,
     port: u16,
+    mqtt_port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -46,8 +49,13 @@ pub fn wharf_bin() -> PathBuf {
 
 /// Finds the port in a `listening protocol=amqp addr=IP:PORT` log line.
 pub fn parse_listen_line(line: &str) -> Option<u16> {
-    const KEY: &str = "listening protocol=amqp addr=";
-    let rest = &line[line.find(KEY)? + KEY.len()..];
+    parse_listen_line_for("amqp", line)
+}
+
+/// Finds the port in a `listening protocol=<protocol> addr=IP:PORT` log line.
+pub fn parse_listen_line_for(protocol: &str, line: &str) -> Option<u16> {
+    let key = format!("listening protocol={protocol} addr=");
+    let rest = &line[line.find(&key)? + key.len()..];
     let addr = rest.split_whitespace().next()?;
     let addr = addr.trim_end_matches(|c: char| !c.is_ascii_digit());
     addr.rsplit(':').next()?.parse().ok()
@@ -92,6 +100,7 @@ impl Broker {
             binary: wharf_bin(),
             child: None,
             port: 0,
+            mqtt_port: 0,
             log: Arc::new(Mutex::new(Vec::new())),
         };
         if broker.external_url.is_none() {
@@ -116,6 +125,11 @@ impl Broker {
     /// The AMQP port of the running wharf process (0 for an external broker).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The MQTT port of the running wharf process; `None` on an external broker (tests skip).
+    pub fn mqtt_port(&self) -> Option<u16> {
+        (!self.is_external()).then_some(self.mqtt_port)
     }
 
     /// The data directory of the wharf process.
@@ -153,6 +167,8 @@ impl Broker {
             .arg(&data_dir)
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
+            .arg("--mqtt-listen")
+            .arg("127.0.0.1:0")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -164,12 +180,15 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut tx = Some(tx);
+            let (mut amqp, mut mqtt) = (None, None);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
-                if let Some(port) = parse_listen_line(&line) {
+                amqp = amqp.or_else(|| parse_listen_line_for("amqp", &line));
+                mqtt = mqtt.or_else(|| parse_listen_line_for("mqtt", &line));
+                if let (Some(amqp), Some(mqtt)) = (amqp, mqtt) {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(port);
+                        let _ = tx.send((amqp, mqtt));
                     }
                 }
                 if let Ok(mut l) = log.lock() {
@@ -180,8 +199,9 @@ impl Broker {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(port) => {
+                Ok((port, mqtt_port)) => {
                     self.port = port;
+                    self.mqtt_port = mqtt_port;
                     self.child = Some(child);
                     return;
                 }
@@ -198,7 +218,7 @@ impl Broker {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "wharf did not log `listening protocol=amqp` within {START_TIMEOUT:?}:\n{}",
+                        "wharf did not log `listening protocol=amqp` and `=mqtt` within {START_TIMEOUT:?}:\n{}",
                         self.log()
                     );
                 }
@@ -304,6 +324,17 @@ mod tests {
             None
         );
         assert_eq!(parse_listen_line("starting"), None);
+        assert_eq!(
+            parse_listen_line_for(
+                "mqtt",
+                "2026-01-01T00:00:00Z  INFO wharf::net: listening protocol=mqtt addr=127.0.0.1:1883"
+            ),
+            Some(1883)
+        );
+        assert_eq!(
+            parse_listen_line_for("mqtt", "listening protocol=amqp addr=127.0.0.1:5672"),
+            None
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub mod topic;
 mod write;
 
 #[cfg(test)]
+mod fuzz_seeds_test;
+#[cfg(test)]
 mod tests;
 
 use bytes::{Buf, BytesMut};
