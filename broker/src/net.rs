@@ -27,6 +27,32 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// once file descriptors are free again.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Who is on the other end of a connection, as its listener established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The user a verified client certificate logs in as (the certificate's subject CN), set only
+    /// by a TLS listener that verified the client's certificate with certificate login on.
+    /// Sessions offer certificate login (AMQP EXTERNAL; MQTT and STOMP without credentials) only
+    /// then.
+    pub cert_login: Option<String>,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            cert_login: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// Why a listener could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} for {protocol}: {cause}{hint}")]

@@ -336,7 +336,23 @@ impl Engine {
         Ok(u.clone())
     }
 
-    /// Looks a user up without a password (certificate logins).
+    /// Checks a login vouched for by a verified client certificate: the user must exist and
+    /// the loopback rule still applies.
+    pub fn authenticate_certificate(
+        &self,
+        user: &str,
+        peer: SocketAddr,
+    ) -> Result<User, AuthError> {
+        let Some(u) = self.users.get(user) else {
+            return Err(AuthError::BadCredentials);
+        };
+        if u.loopback_only && !peer.ip().is_loopback() {
+            return Err(AuthError::LoopbackOnly);
+        }
+        Ok(u.clone())
+    }
+
+    /// Looks a user up without a password (MQTT's anonymous user).
     pub fn user(&self, name: &str) -> Option<User> {
         self.users.get(name).cloned()
     }

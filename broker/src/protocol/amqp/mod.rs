@@ -21,7 +21,6 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::net::Peer;
 
 use crate::engine::Engine;
 use session::{Phase, Session, OUT_HIGH_WATER};
@@ -75,14 +76,16 @@ const OUTBOUND_BATCH: usize = 512;
 /// `shutdown` fires (then the peer gets connection.close 320).
 pub async fn serve<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: impl Into<Peer>,
     ctx: Arc<AmqpContext>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let engine = ctx.engine.clone();
-    let mut s = Session::new(ctx, peer);
+    let peer: Peer = peer.into();
+    let mut s = Session::new(ctx, &peer);
+    let peer = peer.addr;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let mut alarm = engine.memory_alarm();

@@ -23,6 +23,7 @@ use super::AmqpContext;
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, Engine, Outbound, User, Vhost,
 };
+use crate::net::Peer;
 
 /// Stop decoding and reading while this much output waits for the socket (slow readers).
 pub(super) const OUT_HIGH_WATER: usize = 4 << 20;
@@ -35,6 +36,9 @@ const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) enum Mechanism {
     Plain,
     AmqPlain,
+    /// SASL EXTERNAL: the identity is the verified client certificate's (RabbitMQ's
+    /// rabbitmq_auth_mechanism_ssl); offered only on connections that have one.
+    External,
 }
 
 impl Mechanism {
@@ -42,6 +46,7 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::AmqPlain => "AMQPLAIN",
+            Mechanism::External => "EXTERNAL",
         }
     }
 }
@@ -76,6 +81,8 @@ pub(super) struct Session {
     pub(super) ctx: Arc<AmqpContext>,
     pub(super) engine: Arc<Engine>,
     pub(super) peer: SocketAddr,
+    /// The user a verified client certificate names, when the listener allows certificate login.
+    pub(super) cert_login: Option<String>,
     pub(super) conn_id: ConnectionId,
     /// Bytes to write, batched until the task flushes them.
     pub(super) out: BytesMut,
@@ -102,7 +109,7 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<AmqpContext>, peer: SocketAddr) -> Session {
+    pub(super) fn new(ctx: Arc<AmqpContext>, peer: &Peer) -> Session {
         let engine = ctx.engine.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let limits = Limits {
@@ -111,7 +118,8 @@ impl Session {
         Session {
             conn_id: engine.next_connection_id(),
             engine,
-            peer,
+            peer: peer.addr,
+            cert_login: peer.cert_login.clone(),
             out: BytesMut::with_capacity(8 * 1024),
             limits,
             phase: Phase::AwaitingHeader,
@@ -221,7 +229,11 @@ impl Session {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from("PLAIN AMQPLAIN"),
+                mechanisms: LongString::from(if self.cert_login.is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL"
+                } else {
+                    "PLAIN AMQPLAIN"
+                }),
                 locales: LongString::from("en_US"),
             })),
         );
@@ -353,6 +365,7 @@ impl Session {
         let mech = match s.mechanism.as_str() {
             "PLAIN" => Mechanism::Plain,
             "AMQPLAIN" => Mechanism::AmqPlain,
+            "EXTERNAL" if self.cert_login.is_some() => Mechanism::External,
             other => {
                 return Err(AmqpError::new(
                     code::COMMAND_INVALID,
@@ -360,7 +373,7 @@ impl Session {
                 ))
             }
         };
-        if s.response.is_empty() {
+        if s.response.is_empty() && mech != Mechanism::External {
             // The client wants a challenge first (secure / secure-ok); ours is empty.
             self.send(
                 0,
@@ -375,17 +388,32 @@ impl Session {
     }
 
     fn authenticate(&mut self, mech: Mechanism, response: &[u8]) -> AmqpResult<()> {
-        let (user, pass) = match mech {
-            Mechanism::Plain => parse_plain(response),
-            Mechanism::AmqPlain => parse_amqplain(response),
-        }
-        .ok_or_else(|| {
+        let invalid = || {
             AmqpError::new(
                 code::SYNTAX_ERROR,
                 format!("{} response invalid", mech.name()),
             )
-        })?;
-        match self.engine.authenticate(&user, &pass, self.peer) {
+        };
+        let (user, checked) = match mech {
+            Mechanism::Plain | Mechanism::AmqPlain => {
+                let (user, pass) = if mech == Mechanism::Plain {
+                    parse_plain(response)
+                } else {
+                    parse_amqplain(response)
+                }
+                .ok_or_else(invalid)?;
+                let checked = self.engine.authenticate(&user, &pass, self.peer);
+                (user, checked)
+            }
+            Mechanism::External => {
+                // The response may name an authorization identity; as RabbitMQ, the certificate's
+                // name is the only one accepted.
+                let user = self.cert_login.clone().ok_or_else(invalid)?;
+                let checked = self.engine.authenticate_certificate(&user, self.peer);
+                (user, checked)
+            }
+        };
+        match checked {
             Ok(u) => {
                 self.user = Some(u);
                 self.send(

@@ -1419,3 +1419,61 @@ async fn prefetch_set_between_consumers_applies_to_the_later_one() {
         c.close().await;
     }
 }
+
+/// EXTERNAL is offered only where a verified client certificate names the user, and logs in
+/// as that user; elsewhere it is an unknown mechanism.
+#[tokio::test]
+async fn external_mechanism_logs_in_as_the_certificate_user() {
+    async fn start_ok(c: &mut Client, mechanism: &str) {
+        c.send(Frame::ProtocolHeader(ProtocolHeader::AMQP_0_9_1))
+            .await;
+        let (_, start) = c.expect().await;
+        let AMQPClass::Connection(connection::AMQPMethod::Start(s)) = start else {
+            panic!("{start:?}")
+        };
+        c.buf.extend_from_slice(s.mechanisms.as_bytes());
+        c.send(m(AMQPClass::Connection(connection::AMQPMethod::StartOk(
+            connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: mechanism.into(),
+                response: LongString::from(""),
+                locale: "en_US".into(),
+            },
+        ))))
+        .await;
+    }
+    let b = Broker::new();
+    let connect = |cert_login: Option<&str>| {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let peer = crate::net::Peer {
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            cert_login: cert_login.map(str::to_string),
+        };
+        tokio::spawn(serve(server, peer, b.ctx.clone(), CancellationToken::new()));
+        Client::new(client)
+    };
+
+    let mut c = connect(Some("guest"));
+    start_ok(&mut c, "EXTERNAL").await;
+    assert_eq!(
+        std::mem::take(&mut c.buf).as_ref(),
+        b"PLAIN AMQPLAIN EXTERNAL"
+    );
+    let (_, tune) = c.expect().await;
+    assert!(
+        matches!(tune, AMQPClass::Connection(connection::AMQPMethod::Tune(_))),
+        "{tune:?}"
+    );
+
+    // A certificate naming no known user is refused as a bad login.
+    let mut c = connect(Some("nobody"));
+    start_ok(&mut c, "EXTERNAL").await;
+    c.buf.clear();
+    assert_eq!(c.expect_connection_close().await.reply_code, 403);
+
+    // Without a certificate EXTERNAL is not on offer.
+    let mut c = connect(None);
+    start_ok(&mut c, "EXTERNAL").await;
+    assert_eq!(std::mem::take(&mut c.buf).as_ref(), b"PLAIN AMQPLAIN");
+    assert_eq!(c.expect_connection_close().await.reply_code, 503);
+}

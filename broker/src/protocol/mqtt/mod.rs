@@ -19,7 +19,6 @@ mod session;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::net::Peer;
 
 use crate::engine::{ConnectionId, Engine};
 use session::{Phase, Session};
@@ -243,7 +244,7 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 /// taken over, or `shutdown` fires (MQTT 5 clients then get DISCONNECT 0x8B).
 pub async fn serve<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: impl Into<Peer>,
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,
 ) where
@@ -252,7 +253,9 @@ pub async fn serve<S>(
     let engine = ctx.engine.clone();
     let stats_ctx = ctx.clone();
     let stats = &stats_ctx.stats;
-    let mut s = Session::new(ctx, peer);
+    let peer: Peer = peer.into();
+    let mut s = Session::new(ctx, &peer);
+    let peer = peer.addr;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(4 * 1024);
     let mut durable = engine.subscribe_durable();

@@ -24,6 +24,7 @@ use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
     Engine, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
 };
+use crate::net::Peer;
 use crate::store::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,8 @@ pub(super) struct Session {
     ctx: Arc<MqttContext>,
     engine: Arc<Engine>,
     peer: SocketAddr,
+    /// The user a verified client certificate names, when the listener allows certificate login.
+    cert_login: Option<String>,
     conn_id: ConnectionId,
     codec: Codec,
     limits: Limits,
@@ -139,7 +142,7 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<MqttContext>, peer: SocketAddr) -> Session {
+    pub(super) fn new(ctx: Arc<MqttContext>, peer: &Peer) -> Session {
         let engine = ctx.engine.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let limits = Limits {
@@ -149,7 +152,8 @@ impl Session {
             conn_id: engine.next_connection_id(),
             engine,
             ctx,
-            peer,
+            peer: peer.addr,
+            cert_login: peer.cert_login.clone(),
             codec: Codec::new(),
             limits,
             phase: Phase::Connecting,
@@ -347,6 +351,12 @@ impl Session {
             return self.connack_refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
         let user = match (&c.username, &cfg.anonymous_user) {
+            // A verified client certificate logs in a client that sends no user name
+            // (RabbitMQ's mqtt.ssl_cert_login); explicit credentials are still checked as given.
+            (None, _) if self.cert_login.is_some() => {
+                let name = self.cert_login.as_deref().unwrap_or_default();
+                self.engine.authenticate_certificate(name, self.peer)
+            }
             (Some(name), _) => {
                 let pw = c.password.as_deref().unwrap_or_default();
                 let pw = String::from_utf8_lossy(pw);
