@@ -471,19 +471,8 @@ impl Vhost {
         conn: ConnectionId,
     ) -> EngineResult<()> {
         let q = self.queue(queue, conn)?;
-        let ex = self
-            .exchange(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
-        if exchange.is_empty() {
-            return Err(self.default_exchange_refused());
-        }
-        super::exchange::validate_binding(ex.settings.kind, &arguments)?;
-        let added = ex.bind(Binding {
-            destination: Destination::Queue(q.name.clone()),
-            routing_key: routing_key.to_string(),
-            arguments,
-        });
-        self.persist_if(added && ex.settings.durable && q.settings.durable)
+        let to = BindingEnd::queue(&q);
+        self.change_binding(exchange, to, routing_key, arguments, Change::Add)
     }
 
     /// queue.unbind; unbinding what is not bound succeeds, as in RabbitMQ.
@@ -496,21 +485,8 @@ impl Vhost {
         conn: ConnectionId,
     ) -> EngineResult<()> {
         let q = self.queue(queue, conn)?;
-        let ex = self
-            .exchange(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
-        if exchange.is_empty() {
-            return Err(self.default_exchange_refused());
-        }
-        let removed = ex.unbind(&Binding {
-            destination: Destination::Queue(q.name.clone()),
-            routing_key: routing_key.to_string(),
-            arguments,
-        });
-        if removed {
-            self.auto_delete_exchange(&ex)?;
-        }
-        self.persist_if(removed && ex.settings.durable && q.settings.durable)
+        let to = BindingEnd::queue(&q);
+        self.change_binding(exchange, to, routing_key, arguments, Change::Remove)
     }
 
     /// exchange.bind: messages reaching `source` also reach `destination`.
@@ -521,22 +497,8 @@ impl Vhost {
         routing_key: &str,
         arguments: Table,
     ) -> EngineResult<()> {
-        let dst = self
-            .exchange(destination)
-            .ok_or_else(|| self.no_exchange(destination))?;
-        let src = self
-            .exchange(source)
-            .ok_or_else(|| self.no_exchange(source))?;
-        if source.is_empty() || destination.is_empty() {
-            return Err(self.default_exchange_refused());
-        }
-        super::exchange::validate_binding(src.settings.kind, &arguments)?;
-        let added = src.bind(Binding {
-            destination: Destination::Exchange(dst.name.clone()),
-            routing_key: routing_key.to_string(),
-            arguments,
-        });
-        self.persist_if(added && src.settings.durable && dst.settings.durable)
+        let to = self.exchange_end(destination)?;
+        self.change_binding(source, to, routing_key, arguments, Change::Add)
     }
 
     pub fn unbind_exchange(
@@ -546,24 +508,56 @@ impl Vhost {
         routing_key: &str,
         arguments: Table,
     ) -> EngineResult<()> {
-        let dst = self
-            .exchange(destination)
-            .ok_or_else(|| self.no_exchange(destination))?;
+        let to = self.exchange_end(destination)?;
+        self.change_binding(source, to, routing_key, arguments, Change::Remove)
+    }
+
+    fn exchange_end(&self, name: &str) -> EngineResult<BindingEnd> {
+        let ex = self.exchange(name).ok_or_else(|| self.no_exchange(name))?;
+        Ok(BindingEnd {
+            destination: Destination::Exchange(ex.name.clone()),
+            durable: ex.settings.durable,
+            is_default_exchange: name.is_empty(),
+        })
+    }
+
+    /// What the four binding methods share, with RabbitMQ's order of checks: the destination
+    /// was found by the caller (404 first for it), then the source (404), then 403 if either is
+    /// the default exchange. A removal that emptied an auto-delete source deletes it. Only a
+    /// binding between two durable ends is written to the definitions.
+    fn change_binding(
+        &self,
+        source: &str,
+        to: BindingEnd,
+        routing_key: &str,
+        arguments: Table,
+        change: Change,
+    ) -> EngineResult<()> {
         let src = self
             .exchange(source)
             .ok_or_else(|| self.no_exchange(source))?;
-        if source.is_empty() || destination.is_empty() {
+        if source.is_empty() || to.is_default_exchange {
             return Err(self.default_exchange_refused());
         }
-        let removed = src.unbind(&Binding {
-            destination: Destination::Exchange(dst.name.clone()),
+        if change == Change::Add {
+            super::exchange::validate_binding(src.settings.kind, &arguments)?;
+        }
+        let binding = Binding {
+            destination: to.destination,
             routing_key: routing_key.to_string(),
             arguments,
-        });
-        if removed {
-            self.auto_delete_exchange(&src)?;
-        }
-        self.persist_if(removed && src.settings.durable && dst.settings.durable)
+        };
+        let changed = match change {
+            Change::Add => src.bind(binding),
+            Change::Remove => {
+                let removed = src.unbind(&binding);
+                if removed {
+                    self.auto_delete_exchange(&src)?;
+                }
+                removed
+            }
+        };
+        self.persist_if(changed && src.settings.durable && to.durable)
     }
 
     /// Publishes as a client does: 404 for a missing exchange, 403 for an internal one.
@@ -726,4 +720,28 @@ fn generated_name() -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("amq.gen-{suffix}")
+}
+
+/// The destination end of a binding being changed.
+struct BindingEnd {
+    destination: Destination,
+    durable: bool,
+    /// The default exchange takes no bindings of its own (403).
+    is_default_exchange: bool,
+}
+
+impl BindingEnd {
+    fn queue(q: &Queue) -> Self {
+        BindingEnd {
+            destination: Destination::Queue(q.name.clone()),
+            durable: q.settings.durable,
+            is_default_exchange: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Add,
+    Remove,
 }

@@ -96,6 +96,10 @@ pub async fn serve<S>(
     let mut shutdown_seen = false;
     let mut alarm_live = true;
     s.on_alarm(*alarm.borrow_and_update());
+    // One timer for the connection's life, moved to each turn's deadline: building a new one
+    // every turn would register and cancel a timer entry per frame batch.
+    let timer = tokio::time::sleep_until(started);
+    tokio::pin!(timer);
 
     loop {
         s.on_bytes(&mut rbuf);
@@ -118,6 +122,9 @@ pub async fn serve<S>(
         let read_enabled = s.wants_input();
         let deadline = next_deadline(&s, started, last_recv, last_send, heartbeat, read_enabled);
         let events_enabled = s.out.len() < OUT_HIGH_WATER && s.phase != Phase::Done;
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
 
         tokio::select! {
             _ = shutdown.cancelled(), if !shutdown_seen => {
@@ -145,7 +152,7 @@ pub async fn serve<S>(
                 // The engine is gone; nothing will raise the alarm again.
                 Err(_) => alarm_live = false,
             },
-            () = tokio::time::sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if let Some(at) = s.close_deadline {
                     if now >= Instant::from_std(at) {
