@@ -814,3 +814,60 @@ def test_memory_alarm_blocks_mqtt_publishers(low_memory_broker):
     assert "memory alarm: MQTT publisher unblocked" in b.log_text()
     pub.close()
     drain_client.close()
+
+
+# -- user properties: order and repeated names (MQTT-3.3.2-18) -----------------------------------
+
+UPROPS = [("a", "1"), ("b", "2"), ("a", "3")]
+
+
+def uprops_publish_props():
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = list(UPROPS)
+    return p
+
+
+def test_v5_user_properties_keep_order_and_repeats(clients, ch):
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "up.t")
+    sub = clients(proto=V5)
+    sub.connect()
+    sub.subscribe("up/t", 1)
+    pub = clients(proto=V5)
+    pub.connect()
+    pub.publish("up/t", b"x", 1, properties=uprops_publish_props())
+    assert sub.get().properties.UserProperty == UPROPS
+    # AMQP consumers see headers (one value per name: the last one).
+    deadline = time.monotonic() + WAIT
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert body == b"x"
+    h = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in props.headers.items()}
+    assert (h["a"], h["b"]) == ("3", "2")
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("kill", [False, True])
+def test_v5_user_properties_order_survives_restart(own_broker, kill):
+    b = own_broker
+    ident = cid("uprops")
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 600
+    a = Mq(b, client_id=ident, proto=V5, clean=True, connect_props=p)
+    a.connect()
+    a.subscribe("upr/t", 1)
+    a.close()
+    pub = Mq(b, proto=V5)
+    pub.connect()
+    pub.publish("upr/t", b"queued", 1, properties=uprops_publish_props())
+    pub.close()
+    b.restart(kill=kill)
+    again = Mq(b, client_id=ident, proto=V5, clean=False, connect_props=p)
+    flags, _, _ = again.connect()
+    assert flags.session_present
+    m = again.get()
+    assert (m.payload, m.properties.UserProperty) == (b"queued", UPROPS)
+    again.close()
