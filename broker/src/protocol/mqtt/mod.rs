@@ -2,7 +2,8 @@
 //!
 //! - `session.rs`: the connection state machine (CONNECT, publish, subscribe, acks), no I/O;
 //! - `mapping.rs`: MQTT publishes <-> engine messages, and the topic-filter matcher;
-//! - `retained.rs`: retained messages, durable in the data directory.
+//! - `retained.rs`: retained messages, durable in the data directory;
+//! - `alias.rs`: the topic aliases we send to an MQTT 5 client.
 //!
 //! Model (docs/mapping/mqtt.md): a PUBLISH goes to `amq.topic` with the mapped routing key;
 //! each MQTT session has one engine queue, `mqtt-subscription-<client id>`, bound to
@@ -11,6 +12,7 @@
 //! This file owns the socket: one `select!` over reads, writes, engine events, durability
 //! progress (PUBACK/PUBREC wait for the store), the keep-alive timer, takeover and shutdown.
 
+mod alias;
 mod mapping;
 mod retained;
 mod session;

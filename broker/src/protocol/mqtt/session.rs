@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::alias::{AliasPlan, OutAliases};
 use super::mapping::{self, filter_matches, EXCHANGE};
 use super::{count, Connected, MqttContext};
 use crate::engine::{
@@ -131,6 +132,8 @@ pub(super) struct Session {
     /// Acknowledgements in order, each waiting for its Lsn to be durable.
     gated: VecDeque<(Lsn, Packet)>,
     aliases_in: HashMap<u16, String>,
+    /// Topic aliases we use towards the client (MQTT 5, within its Topic Alias Maximum).
+    aliases_out: OutAliases,
     client_packet_max: Option<u32>,
     /// MQTT 5 Request Problem Information (default 1): Reason Strings on acknowledgements.
     problem_info: bool,
@@ -179,6 +182,7 @@ impl Session {
             in_qos2: HashSet::new(),
             gated: VecDeque::new(),
             aliases_in: HashMap::new(),
+            aliases_out: OutAliases::default(),
             client_packet_max: None,
             problem_info: true,
             publisher: false,
@@ -463,6 +467,9 @@ impl Session {
         self.will = c.will;
         self.will_armed = self.will.is_some();
         self.client_packet_max = c.properties.maximum_packet_size;
+        if c.protocol == Protocol::V5 {
+            self.aliases_out = OutAliases::new(c.properties.topic_alias_maximum.unwrap_or(0));
+        }
         self.problem_info = c.properties.request_problem_information.unwrap_or(true);
         let receive_max = match c.protocol {
             Protocol::V5 => c.properties.receive_maximum.unwrap_or(u16::MAX),
@@ -1052,11 +1059,24 @@ impl Session {
             Default::default()
         };
         properties.subscription_identifiers = subscription_identifiers;
+        // Topic aliases (MQTT 5): the alias only once the client has been told the topic.
+        let alias = self.aliases_out.plan(topic);
+        let wire_topic = match alias {
+            AliasPlan::Known(a) => {
+                properties.topic_alias = Some(a);
+                String::new()
+            }
+            AliasPlan::New(a) => {
+                properties.topic_alias = Some(a);
+                topic.to_string()
+            }
+            AliasPlan::None => topic.to_string(),
+        };
         let mut packet = Publish {
             dup: dup && qos != QoS::AtMostOnce,
             qos,
             retain,
-            topic: topic.to_string(),
+            topic: wire_topic,
             packet_id: 0,
             properties,
             payload: msg.body.clone(),
@@ -1078,6 +1098,7 @@ impl Session {
                 return;
             }
         }
+        self.aliases_out.commit(topic, alias);
         if let Packet::Publish(p) = &packet {
             if qos != QoS::AtMostOnce {
                 let f = match engine {

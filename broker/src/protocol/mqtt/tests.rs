@@ -423,3 +423,60 @@ async fn no_local_skips_own_publishes() {
     };
     assert_eq!(&p.payload[..], b"kept");
 }
+
+/// The PUBLISH packets `c` receives next, `n` of them.
+async fn publishes(c: &mut Client, n: usize) -> Vec<Publish> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => out.push(p),
+            Some(_) => {}
+            None => panic!("closed after {} PUBLISH packets", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_within_the_client_maximum() {
+    let b = Broker::new();
+    let mut sub = b.connect_raw();
+    let mut conn = connect(Protocol::V5, "alias-sub", true);
+    conn.properties.topic_alias_maximum = Some(2);
+    sub.send(&Packet::Connect(Box::new(conn))).await;
+    sub.codec = Codec::with_protocol(Protocol::V5);
+    assert_eq!(
+        connack_code(&sub.recv().await.unwrap()),
+        ReasonCode::SUCCESS
+    );
+    sub.subscribe("al/#", QoS::AtMostOnce).await;
+    let (mut publ, _) = b.connect(Protocol::V5, "alias-pub", true).await;
+    for t in ["al/x", "al/x", "al/y", "al/z", "al/y", "al/z", "al/x"] {
+        publ.publish(t, QoS::AtMostOnce, 0, b"m").await;
+    }
+    let got: Vec<(String, Option<u16>)> = publishes(&mut sub, 7)
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.properties.topic_alias))
+        .collect();
+    let want: Vec<(String, Option<u16>)> = vec![
+        ("al/x".into(), Some(1)), // first time: topic and alias
+        ("".into(), Some(1)),     // then the alias alone
+        ("al/y".into(), Some(2)),
+        ("al/z".into(), None), // the client allows 2: no third alias
+        ("".into(), Some(2)),
+        ("al/z".into(), None),
+        ("".into(), Some(1)),
+    ];
+    assert_eq!(got, want);
+
+    // A new connection starts without aliases; a client that announces none gets none.
+    drop(sub);
+    let (mut plain, _) = b.connect(Protocol::V5, "alias-none", true).await;
+    plain.subscribe("al/#", QoS::AtMostOnce).await;
+    publ.publish("al/x", QoS::AtMostOnce, 0, b"m").await;
+    publ.publish("al/x", QoS::AtMostOnce, 0, b"m").await;
+    for p in publishes(&mut plain, 2).await {
+        assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("al/x", None));
+    }
+}
