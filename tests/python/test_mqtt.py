@@ -1097,3 +1097,116 @@ def test_v5_user_properties_order_survives_restart(own_broker, kill):
     m = again.get()
     assert (m.payload, m.properties.UserProperty) == (b"queued", UPROPS)
     again.close()
+
+
+# -- resend with the original packet ids, QoS 2 state across reconnects and restarts ------------
+
+def pid_of(body):
+    return struct.unpack(">H", body[:2])[0]
+
+
+def next_packets(r, n):
+    """The next n packets as (type, parsed PUBLISH or packet id)."""
+    out = []
+    for _ in range(n):
+        p = r.recv()
+        assert p is not None, f"only {out}"
+        kind, flags, body = p
+        out.append((kind, parse_publish(flags, body, r.version) if kind == 3 else pid_of(body)))
+    return out
+
+
+def persistent_raw(b, ident, version, clean=False):
+    """A persistent session: MQTT 5 with a Session Expiry Interval (`clean`: Clean Start),
+    3.1.1 with clean session 0 (the client ids are new, so nothing is left from before)."""
+    if version == 5:
+        return Raw(b, ident, version=5, clean=clean, connect_props=connect_props_v5(session_expiry=600))
+    return Raw(b, ident, version=4, clean=False)
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("version,how", [(4, "reconnect"), (5, "reconnect"), (4, "restart"),
+                                         (5, "kill"), (4, "kill")])
+def test_inflight_resent_with_original_packet_ids_and_dup(own_broker, version, how):
+    b = own_broker
+    ident = cid("resend")
+    r = persistent_raw(b, ident, version, clean=True)
+    r.subscribe("rs/t", 2)
+    pub = Mq(b, proto=V5)
+    pub.connect()
+    # Two messages acknowledged first, so the ids in flight are not the ones a fresh
+    # connection would hand out (1, 2...).
+    pub.publish("rs/t", b"w1", 1)
+    pub.publish("rs/t", b"w2", 1)
+    for w in r.publishes(2):
+        r.ack(4, w["pid"])
+    pub.publish("rs/t", b"m1", 1)
+    pub.publish("rs/t", b"m2", 2)
+    pub.publish("rs/t", b"m3", 2)
+    pub.close()
+    m1, m2, m3 = r.publishes(3)
+    assert [(m["payload"], m["qos"], m["dup"]) for m in (m1, m2, m3)] == [
+        (b"m1", 1, False), (b"m2", 2, False), (b"m3", 2, False)]
+    assert min(m["pid"] for m in (m1, m2, m3)) > 2
+    # m3: PUBREC, so the broker sends PUBREL and awaits PUBCOMP; m1 and m2 stay unacknowledged.
+    r.ack(5, m3["pid"])
+    assert r.recv()[:1] == (6,)
+    r.drop()
+    if how == "restart":
+        b.restart()
+    elif how == "kill":
+        b.restart(kill=True)
+    else:
+        time.sleep(0.2)
+    r = persistent_raw(b, ident, version)
+    assert r.session_present
+    # MQTT-4.4.0-1: PUBREL again, and the unacknowledged PUBLISHes with their ids, DUP set,
+    # in the order they were first sent; m3 is not sent again.
+    got = next_packets(r, 3)
+    assert got[0] == (6, m3["pid"])
+    assert [(k, p["payload"], p["pid"], p["dup"], p["qos"]) for k, p in got[1:]] == [
+        (3, b"m1", m1["pid"], True, 1), (3, b"m2", m2["pid"], True, 2)]
+    r.ack(4, m1["pid"])
+    r.ack(5, m2["pid"])
+    assert next_packets(r, 1) == [(6, m2["pid"])]
+    r.ack(7, m2["pid"])
+    r.ack(7, m3["pid"])
+    assert r.recv(timeout=0.7) is None, "nothing else is sent"
+    r.close()
+    # All settled: the next reconnect resends nothing.
+    r = persistent_raw(b, ident, version)
+    assert r.recv(timeout=0.7) is None
+    r.close()
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("version,kill", [(4, False), (4, True), (5, True)])
+def test_qos2_inbound_exactly_once_across_restart(own_broker, version, kill):
+    b = own_broker
+    sub_id = cid("x-sub")
+    sub = Mq(b, client_id=sub_id, clean=False)
+    sub.connect()
+    sub.subscribe("ex/t", 2)
+    sub.close()
+    ident = cid("x-pub")
+    r = persistent_raw(b, ident, version, clean=True)
+    r.publish_packet("ex/t", b"once", 2, pid=42)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.drop()  # no PUBREL: the client will send the PUBLISH again
+    b.restart(kill=kill)
+    r = persistent_raw(b, ident, version)
+    assert r.session_present
+    r.publish_packet("ex/t", b"once", 2, pid=42, dup=True)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.ack(6, 42)
+    assert next_packets(r, 1) == [(7, 42)]
+    # The id is free again: a new message with it is a new message.
+    r.publish_packet("ex/t", b"next", 2, pid=42)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.ack(6, 42)
+    assert next_packets(r, 1) == [(7, 42)]
+    r.close()
+    sub = Mq(b, client_id=sub_id, clean=False)
+    sub.connect()
+    assert [m.payload for m in drain(sub, 1.0)] == [b"once", b"next"]
+    sub.close()

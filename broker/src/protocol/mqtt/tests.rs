@@ -33,6 +33,7 @@ impl Broker {
         .unwrap();
         let config = MqttConfig {
             data_dir: dir.path().to_path_buf(),
+            fsync: false,
             ..Default::default()
         };
         Broker {
@@ -479,4 +480,48 @@ async fn outbound_topic_aliases_within_the_client_maximum() {
     for p in publishes(&mut plain, 2).await {
         assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("al/x", None));
     }
+}
+
+#[tokio::test]
+async fn reconnect_resends_pubrel_then_publishes_with_their_ids_and_dup() {
+    let b = Broker::new();
+    let (mut sub, _) = b.connect(Protocol::V3_1_1, "rsnd", false).await;
+    sub.subscribe("rs/#", QoS::ExactlyOnce).await;
+    let (mut publ, _) = b.connect(Protocol::V3_1_1, "rsnd-pub", true).await;
+    // One acknowledged first, so the ids in flight are not a fresh connection's first ones.
+    for (i, body) in [&b"w"[..], b"a", b"b"].into_iter().enumerate() {
+        publ.send(&Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "rs/t".into(),
+            packet_id: i as u16 + 1,
+            payload: Bytes::from_static(body),
+            ..Default::default()
+        }))
+        .await;
+    }
+    let first = publishes(&mut sub, 3).await;
+    sub.send(&Packet::PubAck(Ack {
+        packet_id: first[0].packet_id,
+        ..Default::default()
+    }))
+    .await;
+    // Reconnect without PUBACK for "a" and "b".
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut sub, ack) = b.connect(Protocol::V3_1_1, "rsnd", false).await;
+    let Packet::ConnAck(ack) = ack else { panic!() };
+    assert!(ack.session_present);
+    let again = publishes(&mut sub, 2).await;
+    let seen = |v: &[Publish]| -> Vec<(u16, bool, Bytes)> {
+        v.iter()
+            .map(|p| (p.packet_id, p.dup, p.payload.clone()))
+            .collect()
+    };
+    let mut want = seen(&first[1..]);
+    for w in &mut want {
+        assert!(!w.1);
+        w.1 = true;
+    }
+    assert_eq!(seen(&again), want);
+    assert!(again[0].packet_id > 1);
 }
