@@ -792,6 +792,7 @@ impl Config {
             receive_maximum: self.mqtt.receive_maximum,
             data_dir: self.data_dir.clone(),
             sys_interval_secs: self.mqtt.sys_interval_secs,
+            fsync: self.fsync,
         }
     }
 

@@ -814,3 +814,399 @@ def test_memory_alarm_blocks_mqtt_publishers(low_memory_broker):
     assert "memory alarm: MQTT publisher unblocked" in b.log_text()
     pub.close()
     drain_client.close()
+
+
+# -- raw MQTT 5 / 3.1.1 packets (to see packet ids, DUP and topic aliases on the wire) -----------
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n % 128, n // 128
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def packet(first, body):
+    return bytes([first]) + varint(len(body)) + body
+
+
+def props_bytes(props):
+    return varint(len(props)) + props
+
+
+class Raw:
+    """A hand-written MQTT client: packets as (type, flags, body) so tests see every bit."""
+
+    def __init__(self, broker, client_id, version=5, clean=True, connect_props=b""):
+        self.version = version
+        self.s = socket.create_connection((broker.host, broker.mqtt_port), timeout=WAIT)
+        self.buf = b""
+        flags = 0xC0 | (0x02 if clean else 0)
+        var = mqtt_str("MQTT") + bytes([version, flags]) + struct.pack(">H", 60)
+        if version == 5:
+            var += props_bytes(connect_props)
+        self.s.sendall(packet(0x10, var + mqtt_str(client_id) + mqtt_str("guest") + mqtt_str("guest")))
+        kind, _, body = self.recv()
+        assert kind == 2, kind
+        self.session_present = bool(body[0] & 1)
+        assert body[1] == 0, f"CONNACK code {body[1]}"
+
+    def recv(self, timeout=WAIT):
+        """The next packet as (type, flags, body); None when closed or nothing came in time."""
+        self.s.settimeout(timeout)
+        while True:
+            if len(self.buf) >= 2:
+                n, mult, i = 0, 1, 1
+                while i < len(self.buf) and i <= 4:
+                    n += (self.buf[i] & 0x7F) * mult
+                    mult *= 128
+                    if not self.buf[i] & 0x80:
+                        break
+                    i += 1
+                else:
+                    i = None
+                if i is not None and len(self.buf) >= i + 1 + n:
+                    first, body = self.buf[0], self.buf[i + 1:i + 1 + n]
+                    self.buf = self.buf[i + 1 + n:]
+                    return first >> 4, first & 0x0F, body
+            try:
+                chunk = self.s.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def subscribe(self, filt, qos, pid=1):
+        body = struct.pack(">H", pid) + (b"\x00" if self.version == 5 else b"") + mqtt_str(filt) + bytes([qos])
+        self.s.sendall(packet(0x82, body))
+        kind, _, _ = self.recv()
+        assert kind == 9, kind
+
+    def publish_packet(self, topic, payload, qos, pid=0, dup=False, props=b""):
+        body = mqtt_str(topic) + (struct.pack(">H", pid) if qos else b"")
+        if self.version == 5:
+            body += props_bytes(props)
+        self.s.sendall(packet(0x30 | (0x08 if dup else 0) | (qos << 1), body + payload))
+
+    def ack(self, kind, pid):
+        """PUBACK (4), PUBREC (5), PUBREL (6, flags 2), PUBCOMP (7)."""
+        self.s.sendall(packet((kind << 4) | (2 if kind == 6 else 0), struct.pack(">H", pid)))
+
+    def publishes(self, n, timeout=WAIT):
+        """The next n PUBLISH packets (other packets are skipped), parsed."""
+        out = []
+        while len(out) < n:
+            p = self.recv(timeout)
+            assert p is not None, f"only {len(out)} PUBLISH packets: {out}"
+            if p[0] == 3:
+                out.append(parse_publish(p[1], p[2], self.version))
+        return out
+
+    def close(self):
+        try:
+            self.s.sendall(b"\xe0\x00")
+        except OSError:
+            pass
+        self.s.close()
+
+    def drop(self):
+        """Close the TCP connection without DISCONNECT."""
+        self.s.close()
+
+
+def parse_props(b):
+    """MQTT 5 properties we look at: {id: value}, user properties as a list under 0x26."""
+    out, i = {"user": []}, 0
+    while i < len(b):
+        pid = b[i]
+        i += 1
+        if pid in (0x01,):
+            out[pid], i = b[i], i + 1
+        elif pid in (0x23,):
+            out[pid], i = struct.unpack(">H", b[i:i + 2])[0], i + 2
+        elif pid in (0x02,):
+            out[pid], i = struct.unpack(">I", b[i:i + 4])[0], i + 4
+        elif pid == 0x0B:
+            n, mult = 0, 1
+            while True:
+                n += (b[i] & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not b[i - 1] & 0x80:
+                    break
+            out[pid] = n
+        elif pid in (0x03, 0x08, 0x09):
+            ln = struct.unpack(">H", b[i:i + 2])[0]
+            out[pid], i = b[i + 2:i + 2 + ln], i + 2 + ln
+        elif pid == 0x26:
+            kl = struct.unpack(">H", b[i:i + 2])[0]
+            k = b[i + 2:i + 2 + kl].decode()
+            i += 2 + kl
+            vl = struct.unpack(">H", b[i:i + 2])[0]
+            v = b[i + 2:i + 2 + vl].decode()
+            i += 2 + vl
+            out["user"].append((k, v))
+        else:
+            raise AssertionError(f"property {pid:#x} not parsed by this test")
+    return out
+
+
+def parse_publish(flags, body, version):
+    tl = struct.unpack(">H", body[:2])[0]
+    topic, i = body[2:2 + tl].decode(), 2 + tl
+    qos = (flags >> 1) & 3
+    pid = None
+    if qos:
+        pid, i = struct.unpack(">H", body[i:i + 2])[0], i + 2
+    props = {"user": []}
+    if version == 5:
+        n, mult = 0, 1
+        while True:
+            n += (body[i] & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not body[i - 1] & 0x80:
+                break
+        props = parse_props(body[i:i + n])
+        i += n
+    return dict(topic=topic, qos=qos, pid=pid, dup=bool(flags & 8), retain=bool(flags & 1),
+                alias=props.get(0x23), props=props, payload=body[i:])
+
+
+def connect_props_v5(session_expiry=None, alias_max=None):
+    p = b""
+    if session_expiry is not None:
+        p += b"\x11" + struct.pack(">I", session_expiry)
+    if alias_max is not None:
+        p += b"\x22" + struct.pack(">H", alias_max)
+    return p
+
+
+# -- topic aliases server -> client (MQTT 5) ------------------------------------------------------
+
+def test_v5_outbound_topic_aliases_paho(clients):
+    """paho does not resolve incoming aliases itself: the application does, as here."""
+    p = Properties(PacketTypes.CONNECT)
+    p.TopicAliasMaximum = 2
+    sub = clients(proto=V5, connect_props=p)
+    sub.connect()
+    sub.subscribe("ta/#", 1)
+    pub = clients(proto=V5)
+    pub.connect()
+    topics = ["ta/a", "ta/a", "ta/b", "ta/c", "ta/b", "ta/a", "ta/c"]
+    for t in topics:
+        pub.publish(t, t.encode(), 1)
+    known, wire, resolved = {}, [], []
+    for _ in topics:
+        m = sub.get()
+        alias = getattr(m.properties, "TopicAlias", None)
+        wire.append((m.topic, alias))
+        if alias is not None and m.topic:
+            known[alias] = m.topic
+        resolved.append(m.topic or known[alias])
+        assert resolved[-1].encode() == m.payload
+    assert resolved == topics
+    assert wire == [("ta/a", 1), ("", 1), ("ta/b", 2), ("ta/c", None), ("", 2), ("", 1),
+                    ("ta/c", None)]
+    # A client that announces no maximum gets full topics only.
+    plain = clients(proto=V5)
+    plain.connect()
+    plain.subscribe("ta/#", 0)
+    pub.publish("ta/a", b"1", 1)
+    pub.publish("ta/a", b"2", 1)
+    for _ in range(2):
+        m = plain.get()
+        assert (m.topic, getattr(m.properties, "TopicAlias", None)) == ("ta/a", None)
+
+
+def test_v5_outbound_topic_alias_on_the_wire_and_reset_per_connection(broker, clients):
+    ident = cid("alias")
+    r = Raw(broker, ident, connect_props=connect_props_v5(alias_max=5))
+    r.subscribe("tw/#", 0)
+    pub = clients(proto=V5)
+    pub.connect()
+    pub.publish("tw/x", b"first", 1)
+    pub.publish("tw/x", b"second", 1)
+    first, second = r.publishes(2)
+    assert (first["topic"], first["alias"], first["payload"]) == ("tw/x", 1, b"first")
+    assert (second["topic"], second["alias"], second["payload"]) == ("", 1, b"second")
+    r.close()
+    # A new connection: the alias is sent with the topic again.
+    r2 = Raw(broker, ident, connect_props=connect_props_v5(alias_max=5))
+    r2.subscribe("tw/#", 0)
+    pub.publish("tw/x", b"third", 1)
+    (third,) = r2.publishes(1)
+    assert (third["topic"], third["alias"]) == ("tw/x", 1)
+    r2.close()
+
+
+# -- user properties: order and repeated names (MQTT-3.3.2-18) -----------------------------------
+
+UPROPS = [("a", "1"), ("b", "2"), ("a", "3")]
+
+
+def uprops_publish_props():
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = list(UPROPS)
+    return p
+
+
+def test_v5_user_properties_keep_order_and_repeats(clients, ch):
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "up.t")
+    sub = clients(proto=V5)
+    sub.connect()
+    sub.subscribe("up/t", 1)
+    pub = clients(proto=V5)
+    pub.connect()
+    pub.publish("up/t", b"x", 1, properties=uprops_publish_props())
+    assert sub.get().properties.UserProperty == UPROPS
+    # AMQP consumers see headers (one value per name: the last one).
+    deadline = time.monotonic() + WAIT
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert body == b"x"
+    h = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in props.headers.items()}
+    assert (h["a"], h["b"]) == ("3", "2")
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("kill", [False, True])
+def test_v5_user_properties_order_survives_restart(own_broker, kill):
+    b = own_broker
+    ident = cid("uprops")
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 600
+    a = Mq(b, client_id=ident, proto=V5, clean=True, connect_props=p)
+    a.connect()
+    a.subscribe("upr/t", 1)
+    a.close()
+    pub = Mq(b, proto=V5)
+    pub.connect()
+    pub.publish("upr/t", b"queued", 1, properties=uprops_publish_props())
+    pub.close()
+    b.restart(kill=kill)
+    again = Mq(b, client_id=ident, proto=V5, clean=False, connect_props=p)
+    flags, _, _ = again.connect()
+    assert flags.session_present
+    m = again.get()
+    assert (m.payload, m.properties.UserProperty) == (b"queued", UPROPS)
+    again.close()
+
+
+# -- resend with the original packet ids, QoS 2 state across reconnects and restarts ------------
+
+def pid_of(body):
+    return struct.unpack(">H", body[:2])[0]
+
+
+def next_packets(r, n):
+    """The next n packets as (type, parsed PUBLISH or packet id)."""
+    out = []
+    for _ in range(n):
+        p = r.recv()
+        assert p is not None, f"only {out}"
+        kind, flags, body = p
+        out.append((kind, parse_publish(flags, body, r.version) if kind == 3 else pid_of(body)))
+    return out
+
+
+def persistent_raw(b, ident, version, clean=False):
+    """A persistent session: MQTT 5 with a Session Expiry Interval (`clean`: Clean Start),
+    3.1.1 with clean session 0 (the client ids are new, so nothing is left from before)."""
+    if version == 5:
+        return Raw(b, ident, version=5, clean=clean, connect_props=connect_props_v5(session_expiry=600))
+    return Raw(b, ident, version=4, clean=False)
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("version,how", [(4, "reconnect"), (5, "reconnect"), (4, "restart"),
+                                         (5, "kill"), (4, "kill")])
+def test_inflight_resent_with_original_packet_ids_and_dup(own_broker, version, how):
+    b = own_broker
+    ident = cid("resend")
+    r = persistent_raw(b, ident, version, clean=True)
+    r.subscribe("rs/t", 2)
+    pub = Mq(b, proto=V5)
+    pub.connect()
+    # Two messages acknowledged first, so the ids in flight are not the ones a fresh
+    # connection would hand out (1, 2...).
+    pub.publish("rs/t", b"w1", 1)
+    pub.publish("rs/t", b"w2", 1)
+    for w in r.publishes(2):
+        r.ack(4, w["pid"])
+    pub.publish("rs/t", b"m1", 1)
+    pub.publish("rs/t", b"m2", 2)
+    pub.publish("rs/t", b"m3", 2)
+    pub.close()
+    m1, m2, m3 = r.publishes(3)
+    assert [(m["payload"], m["qos"], m["dup"]) for m in (m1, m2, m3)] == [
+        (b"m1", 1, False), (b"m2", 2, False), (b"m3", 2, False)]
+    assert min(m["pid"] for m in (m1, m2, m3)) > 2
+    # m3: PUBREC, so the broker sends PUBREL and awaits PUBCOMP; m1 and m2 stay unacknowledged.
+    r.ack(5, m3["pid"])
+    assert r.recv()[:1] == (6,)
+    r.drop()
+    if how == "restart":
+        b.restart()
+    elif how == "kill":
+        b.restart(kill=True)
+    else:
+        time.sleep(0.2)
+    r = persistent_raw(b, ident, version)
+    assert r.session_present
+    # MQTT-4.4.0-1: PUBREL again, and the unacknowledged PUBLISHes with their ids, DUP set,
+    # in the order they were first sent; m3 is not sent again.
+    got = next_packets(r, 3)
+    assert got[0] == (6, m3["pid"])
+    assert [(k, p["payload"], p["pid"], p["dup"], p["qos"]) for k, p in got[1:]] == [
+        (3, b"m1", m1["pid"], True, 1), (3, b"m2", m2["pid"], True, 2)]
+    r.ack(4, m1["pid"])
+    r.ack(5, m2["pid"])
+    assert next_packets(r, 1) == [(6, m2["pid"])]
+    r.ack(7, m2["pid"])
+    r.ack(7, m3["pid"])
+    assert r.recv(timeout=0.7) is None, "nothing else is sent"
+    r.close()
+    # All settled: the next reconnect resends nothing.
+    r = persistent_raw(b, ident, version)
+    assert r.recv(timeout=0.7) is None
+    r.close()
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("version,kill", [(4, False), (4, True), (5, True)])
+def test_qos2_inbound_exactly_once_across_restart(own_broker, version, kill):
+    b = own_broker
+    sub_id = cid("x-sub")
+    sub = Mq(b, client_id=sub_id, clean=False)
+    sub.connect()
+    sub.subscribe("ex/t", 2)
+    sub.close()
+    ident = cid("x-pub")
+    r = persistent_raw(b, ident, version, clean=True)
+    r.publish_packet("ex/t", b"once", 2, pid=42)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.drop()  # no PUBREL: the client will send the PUBLISH again
+    b.restart(kill=kill)
+    r = persistent_raw(b, ident, version)
+    assert r.session_present
+    r.publish_packet("ex/t", b"once", 2, pid=42, dup=True)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.ack(6, 42)
+    assert next_packets(r, 1) == [(7, 42)]
+    # The id is free again: a new message with it is a new message.
+    r.publish_packet("ex/t", b"next", 2, pid=42)
+    assert next_packets(r, 1) == [(5, 42)]
+    r.ack(6, 42)
+    assert next_packets(r, 1) == [(7, 42)]
+    r.close()
+    sub = Mq(b, client_id=sub_id, clean=False)
+    sub.connect()
+    assert [m.payload for m in drain(sub, 1.0)] == [b"once", b"next"]
+    sub.close()

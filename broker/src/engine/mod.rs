@@ -59,6 +59,9 @@ pub struct Delivery {
     /// In-flight id to settle it with; 0 when delivered without acknowledgement.
     pub id: DeliveryId,
     pub message: SharedMessage,
+    /// The message's id in the store, the same across restarts; 0 when it is not stored
+    /// (transient, or a non-durable queue). MQTT resends in-flight messages by it.
+    pub msg_id: u64,
     pub redelivered: bool,
     /// How many times it was delivered, this time included.
     pub delivery_count: u32,

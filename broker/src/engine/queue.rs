@@ -524,6 +524,7 @@ impl Queue {
                 queue: self.me.upgrade(),
                 id,
                 message: entry.msg.clone(),
+                msg_id: entry.msg_id,
                 redelivered: entry.redelivered,
                 delivery_count: entry.delivery_count,
                 message_count: st.ready_count as u32,
@@ -643,6 +644,7 @@ impl Queue {
                 queue: self.me.upgrade(),
                 id: 0,
                 message: entry.msg.clone(),
+                msg_id: entry.msg_id,
                 redelivered: entry.redelivered,
                 delivery_count: entry.delivery_count,
                 message_count: st.ready_count as u32,
@@ -692,6 +694,7 @@ impl Queue {
                     queue: self.me.upgrade(),
                     id,
                     message: entry.msg.clone(),
+                    msg_id: entry.msg_id,
                     redelivered: entry.redelivered,
                     delivery_count: entry.delivery_count,
                     message_count: st.ready_count as u32,
@@ -835,6 +838,24 @@ impl Queue {
         };
         self.dead_letter(dead);
         auto_delete
+    }
+
+    /// Which of `msg_ids` (store ids) this queue still holds, ready, delayed or in flight. For a
+    /// session that recorded the ids of messages it sent (MQTT resends after a reconnect) and
+    /// must forget those that left the queue meanwhile; a scan, so not for the hot path.
+    pub fn holds(
+        &self,
+        msg_ids: &std::collections::HashSet<u64>,
+    ) -> std::collections::HashSet<u64> {
+        let st = self.state.lock();
+        let ready = st.ready.iter().flatten();
+        let in_flight = st.in_flight.values().map(|f| &f.entry);
+        ready
+            .chain(st.delayed.values())
+            .chain(in_flight)
+            .filter(|e| e.msg_id != 0 && msg_ids.contains(&e.msg_id))
+            .map(|e| e.msg_id)
+            .collect()
     }
 
     /// Removes all ready messages; returns how many.

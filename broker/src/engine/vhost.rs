@@ -676,6 +676,7 @@ impl Vhost {
             queue: None,
             id: 0,
             message: Arc::new(msg),
+            msg_id: 0,
             redelivered: false,
             delivery_count: 1,
             message_count: 0,

@@ -120,6 +120,7 @@ pub(crate) fn properties_from_amqp(p: &BasicProperties) -> Properties {
         user_id: s(p.user_id()),
         app_id: s(p.app_id()),
         cluster_id: s(p.cluster_id()),
+        user_properties: Vec::new(),
     }
 }
 

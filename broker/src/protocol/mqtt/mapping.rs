@@ -142,10 +142,12 @@ pub fn to_message(topic: &str, payload: Bytes, qos: QoS, props: &PublishProperti
     if let Some(utf8) = props.payload_format_utf8 {
         headers.insert(PAYLOAD_FORMAT_HEADER.into(), Value::U8(u8::from(utf8)));
     }
-    // AMQP tables have one value per key: the last of repeated user properties wins.
+    // AMQP tables have one value per key: the last of repeated user properties wins. The list
+    // as published is kept beside, for MQTT subscribers (MQTT-3.3.2-18: order kept).
     for (k, v) in &props.user_properties {
         headers.insert(k.clone(), Value::long_string(v.clone()));
     }
+    p.user_properties = props.user_properties.clone();
     p.headers = Some(headers);
     msg.properties = p;
     msg
@@ -198,6 +200,10 @@ pub fn to_properties(msg: &Message) -> PublishProperties {
         },
         ..Default::default()
     };
+    // User properties as published (order and repeated names kept), then the other headers
+    // (set from AMQP, or by the engine) whose names the list does not have.
+    out.user_properties.clone_from(&p.user_properties);
+    let in_list = |k: &str| p.user_properties.iter().any(|(n, _)| n == k);
     if let Some(headers) = &p.headers {
         for (k, v) in headers {
             match k.as_str() {
@@ -214,6 +220,7 @@ pub fn to_properties(msg: &Message) -> PublishProperties {
                         out.correlation_data = Some(b.clone());
                     }
                 }
+                _ if in_list(k) => {}
                 _ => {
                     if let Some(text) = header_text(v) {
                         out.user_properties.push((k.clone(), text));
@@ -269,6 +276,40 @@ mod tests {
         assert_eq!(back.message_expiry_interval, Some(30));
         assert_eq!(back.payload_format_utf8, Some(true));
         assert_eq!(back.user_properties, props.user_properties);
+    }
+
+    #[test]
+    fn user_properties_keep_order_and_repeats_to_mqtt_last_wins_to_amqp() {
+        let pairs: Vec<(String, String)> = [("b", "2"), ("a", "1"), ("b", "3")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let props = PublishProperties {
+            user_properties: pairs.clone(),
+            ..Default::default()
+        };
+        let mut msg = to_message("a", Bytes::from_static(b"x"), QoS::AtLeastOnce, &props);
+        let h = msg.properties.headers.clone().unwrap();
+        assert_eq!(h.get("a").and_then(Value::as_str), Some("1"));
+        assert_eq!(h.get("b").and_then(Value::as_str), Some("3"), "last wins");
+        assert_eq!(to_properties(&msg).user_properties, pairs);
+        // A header added by the engine or AMQP (not in the list) is sent after the list.
+        let hm = msg.properties.headers.as_mut().unwrap();
+        hm.insert("extra".into(), Value::I64(7));
+        let mut want = pairs.clone();
+        want.push(("extra".into(), "7".into()));
+        assert_eq!(to_properties(&msg).user_properties, want);
+        // Without a list (from AMQP): the table, in key order, as before.
+        msg.properties.user_properties.clear();
+        let got = to_properties(&msg).user_properties;
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "3".into()),
+                ("extra".into(), "7".into())
+            ]
+        );
     }
 
     #[test]

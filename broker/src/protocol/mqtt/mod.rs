@@ -2,7 +2,9 @@
 //!
 //! - `session.rs`: the connection state machine (CONNECT, publish, subscribe, acks), no I/O;
 //! - `mapping.rs`: MQTT publishes <-> engine messages, and the topic-filter matcher;
-//! - `retained.rs`: retained messages, durable in the data directory.
+//! - `retained.rs`: retained messages, durable in the data directory;
+//! - `alias.rs`: the topic aliases we send to an MQTT 5 client;
+//! - `session_store.rs`: packet-id state of persistent sessions, durable in a journal.
 //!
 //! Model (docs/mapping/mqtt.md): a PUBLISH goes to `amq.topic` with the mapped routing key;
 //! each MQTT session has one engine queue, `mqtt-subscription-<client id>`, bound to
@@ -11,14 +13,16 @@
 //! This file owns the socket: one `select!` over reads, writes, engine events, durability
 //! progress (PUBACK/PUBREC wait for the store), the keep-alive timer, takeover and shutdown.
 
+mod alias;
 mod mapping;
 mod retained;
 mod session;
+mod session_store;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +52,9 @@ pub struct MqttConfig {
     pub data_dir: PathBuf,
     /// Seconds between `$SYS/` statistics publishes; 0 = none.
     pub sys_interval_secs: u64,
+    /// fdatasync the session journal (`mqtt-sessions.log`) before what waits for it (the
+    /// engine's `fsync` setting).
+    pub fsync: bool,
 }
 
 impl Default for MqttConfig {
@@ -59,6 +66,7 @@ impl Default for MqttConfig {
             receive_maximum: 100,
             data_dir: PathBuf::from("wharf-data"),
             sys_interval_secs: 10,
+            fsync: true,
         }
     }
 }
@@ -85,8 +93,8 @@ pub struct MqttContext {
     clients: Mutex<HashMap<String, Connected>>,
     /// Delayed wills (MQTT 5 Will Delay Interval) by client id.
     wills: Mutex<HashMap<String, CancellationToken>>,
-    /// Inbound QoS 2 packet ids between PUBREC and PUBREL of persistent sessions offline.
-    qos2_in: Mutex<HashMap<String, HashSet<u16>>>,
+    /// Packet-id state of persistent sessions (QoS 2 inbound, outbound in flight), durable.
+    sessions: session_store::SessionStore,
     /// Members of each shared subscription queue (`mqtt-shared-<group>-<hash>`); the last one
     /// to leave deletes the queue. Declaring, joining and leaving happen under this lock.
     shared_members: Mutex<HashMap<String, usize>>,
@@ -120,13 +128,14 @@ impl MqttContext {
     pub fn new(engine: Arc<Engine>, config: MqttConfig) -> anyhow::Result<Arc<MqttContext>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let retained = retained::Retained::open(config.data_dir.clone())?;
+        let sessions = session_store::SessionStore::open(&config.data_dir, config.fsync)?;
         tracing::info!(retained = retained.len(), "MQTT retained messages loaded");
         Ok(Arc::new(MqttContext {
             engine,
             config,
             clients: Mutex::new(HashMap::new()),
             wills: Mutex::new(HashMap::new()),
-            qos2_in: Mutex::new(HashMap::new()),
+            sessions,
             shared_members: Mutex::new(HashMap::new()),
             shared_offline: Mutex::new(HashMap::new()),
             retained,
@@ -259,6 +268,7 @@ pub async fn serve<S>(
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(4 * 1024);
     let mut durable = engine.subscribe_durable();
+    let mut journal = Some(stats_ctx.sessions.subscribe_durable());
     // Memory alarm: a connection that has published is not read from while it is on (as
     // RabbitMQ's MQTT plugin blocks publishers); its keep-alive is suspended meanwhile.
     let mut alarm = Some(engine.memory_alarm());
@@ -273,7 +283,7 @@ pub async fn serve<S>(
             s.on_connect(*connect).await;
         }
         drain_events(&mut s);
-        s.flush_gated(engine.durable_lsn());
+        s.flush_gated(engine.durable_lsn(), stats_ctx.sessions.durable_seq());
         if s.phase == Phase::Done {
             if s.out.is_empty() {
                 break;
@@ -290,7 +300,8 @@ pub async fn serve<S>(
         }
         let read_enabled = s.phase != Phase::Done && !blocked;
         let events_enabled = s.out.len() < OUT_HIGH_WATER && s.phase == Phase::Open;
-        let wants_durable = s.waits_for_durability(engine.durable_lsn());
+        let (wants_durable, wants_journal) =
+            s.waits_for_durability(engine.durable_lsn(), stats_ctx.sessions.durable_seq());
         let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0 && !blocked)
             .then(|| Duration::from_millis(u64::from(s.keep_alive) * 1500));
         let mut deadline = Instant::now() + Duration::from_secs(3600);
@@ -327,6 +338,7 @@ pub async fn serve<S>(
                 drain_events(&mut s);
             }
             () = durable_changed(&mut durable), if wants_durable => {}
+            () = durable_changed(&mut journal), if wants_journal => {}
             changed = alarm_changed(&mut alarm), if s.publisher => {
                 if !changed {
                     alarm = None;

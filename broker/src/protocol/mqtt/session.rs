@@ -18,7 +18,9 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::alias::{AliasPlan, OutAliases};
 use super::mapping::{self, filter_matches, EXCHANGE};
+use super::session_store::{Op, SessionState};
 use super::{count, Connected, MqttContext};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
@@ -91,8 +93,23 @@ fn shared_queue_name(group: &str, filter: &str) -> String {
 /// An outbound QoS 1/2 message awaiting PUBACK or PUBREC.
 #[derive(Debug)]
 enum OutFlight {
-    Engine { queue: Arc<Queue>, id: DeliveryId },
+    /// `msg_id`: the store id, when the session journal has the packet id (persistent session,
+    /// stored message); 0 otherwise.
+    Engine {
+        queue: Arc<Queue>,
+        id: DeliveryId,
+        msg_id: u64,
+    },
     Retained,
+}
+
+/// What waits for durability, in order (see [`Session::gate`]).
+#[derive(Debug)]
+enum Gated {
+    Send(Packet),
+    /// Settle an outbound QoS 2 message once its PUBREC is in the session journal: until then
+    /// a crash brings it back, to be resent with its packet id (which the client deduplicates).
+    Settle(OutFlight),
 }
 
 pub(super) struct Session {
@@ -128,9 +145,21 @@ pub(super) struct Session {
     out_flight: HashMap<u16, OutFlight>,
     out_pubrel: HashSet<u16>,
     in_qos2: HashSet<u16>,
-    /// Acknowledgements in order, each waiting for its Lsn to be durable.
-    gated: VecDeque<(Lsn, Packet)>,
+    /// Acknowledgements (and settlements) in order, each waiting for its store Lsn and its
+    /// session journal sequence number to be durable.
+    gated: VecDeque<(Lsn, u64, Gated)>,
+    /// Outbound PUBLISHes in order, waiting for the session journal (QoS 2 on a persistent
+    /// session: its packet id must survive a crash before the client sees it).
+    gated_out: VecDeque<(u64, Packet)>,
+    /// After a reconnect: messages (by store id) sent before and not acknowledged, to be sent
+    /// again with their packet id and DUP when the queue redelivers them (MQTT-4.4.0-1).
+    resend: HashMap<u64, u16>,
+    /// After a reconnect: messages (by store id) whose PUBREC came before it; the client has
+    /// them, only PUBREL is pending, so a redelivery of one is settled and not sent.
+    resend_released: HashSet<u64>,
     aliases_in: HashMap<u16, String>,
+    /// Topic aliases we use towards the client (MQTT 5, within its Topic Alias Maximum).
+    aliases_out: OutAliases,
     client_packet_max: Option<u32>,
     /// MQTT 5 Request Problem Information (default 1): Reason Strings on acknowledgements.
     problem_info: bool,
@@ -178,7 +207,11 @@ impl Session {
             out_pubrel: HashSet::new(),
             in_qos2: HashSet::new(),
             gated: VecDeque::new(),
+            gated_out: VecDeque::new(),
+            resend: HashMap::new(),
+            resend_released: HashSet::new(),
             aliases_in: HashMap::new(),
+            aliases_out: OutAliases::default(),
             client_packet_max: None,
             problem_info: true,
             publisher: false,
@@ -228,25 +261,73 @@ impl Session {
         }
     }
 
-    /// Sends an acknowledgement once `lsn` is durable, after every earlier one.
-    fn send_gated(&mut self, lsn: Lsn, packet: Packet) {
-        if self.gated.is_empty() && lsn <= self.engine.durable_lsn() {
-            self.send(&packet);
+    /// Sends an acknowledgement once `lsn` (message store) and `jseq` (session journal) are
+    /// durable, after every earlier one.
+    fn send_gated(&mut self, lsn: Lsn, jseq: u64, packet: Packet) {
+        self.gate(lsn, jseq, Gated::Send(packet));
+    }
+
+    fn gate(&mut self, lsn: Lsn, jseq: u64, what: Gated) {
+        let ready = lsn <= self.engine.durable_lsn() && jseq <= self.ctx.sessions.durable_seq();
+        if self.gated.is_empty() && ready {
+            self.run_gated(what);
         } else {
-            self.gated.push_back((lsn, packet));
+            self.gated.push_back((lsn, jseq, what));
         }
     }
 
-    pub(super) fn flush_gated(&mut self, durable: Lsn) {
-        while self.gated.front().is_some_and(|(lsn, _)| *lsn <= durable) {
-            if let Some((_, p)) = self.gated.pop_front() {
+    fn run_gated(&mut self, what: Gated) {
+        match what {
+            Gated::Send(p) => self.send(&p),
+            Gated::Settle(f) => settle(f, Settle::Ack),
+        }
+    }
+
+    /// Sends an outbound PUBLISH once `jseq` is durable, after every earlier PUBLISH.
+    fn send_publish(&mut self, jseq: u64, packet: Packet) {
+        if self.gated_out.is_empty() && jseq <= self.ctx.sessions.durable_seq() {
+            self.send(&packet);
+        } else {
+            self.gated_out.push_back((jseq, packet));
+        }
+    }
+
+    pub(super) fn flush_gated(&mut self, durable: Lsn, journal: u64) {
+        while self
+            .gated
+            .front()
+            .is_some_and(|(lsn, j, _)| *lsn <= durable && *j <= journal)
+        {
+            if let Some((_, _, what)) = self.gated.pop_front() {
+                self.run_gated(what);
+            }
+        }
+        while self.gated_out.front().is_some_and(|(j, _)| *j <= journal) {
+            if let Some((_, p)) = self.gated_out.pop_front() {
                 self.send(&p);
             }
         }
     }
 
-    pub(super) fn waits_for_durability(&self, durable: Lsn) -> bool {
-        self.gated.front().is_some_and(|(lsn, _)| *lsn > durable)
+    /// Whether something waits for the message store, and for the session journal.
+    pub(super) fn waits_for_durability(&self, durable: Lsn, journal: u64) -> (bool, bool) {
+        let (mut store, mut jrnl) = (false, false);
+        if let Some((lsn, j, _)) = self.gated.front() {
+            store = *lsn > durable;
+            jrnl = !store && *j > journal;
+        }
+        jrnl |= self.gated_out.front().is_some_and(|(j, _)| *j > journal);
+        (store, jrnl)
+    }
+
+    /// Records a change of this session's packet-id state in the session journal when the
+    /// session is persistent; returns the sequence number to wait for (0: nothing to wait for).
+    fn journal(&self, op: Op) -> u64 {
+        if self.persistent {
+            self.ctx.sessions.record(&self.client_id, op)
+        } else {
+            0
+        }
     }
 
     /// Closes with an MQTT 5 DISCONNECT carrying `reason` (3.1.x: a plain close).
@@ -435,11 +516,14 @@ impl Session {
         let existing = vhost.queue(&self.queue_name, self.conn_id).ok();
         let mut session_present = false;
         let mut rejoin = Vec::new();
+        let mut saved = None;
         if c.clean_start {
             if let Some(q) = existing {
                 let _ = vhost.delete_queue_unchecked(&q);
             }
-            self.ctx.qos2_in.lock().remove(&client_id);
+            if self.ctx.sessions.get(&client_id).is_some() {
+                self.ctx.sessions.record(&client_id, Op::Clear);
+            }
             self.ctx.shared_offline.lock().remove(&client_id);
         } else {
             if let Some(q) = existing {
@@ -447,8 +531,8 @@ impl Session {
                 self.restore_subscriptions(&vhost, &q);
                 self.queue = Some(q);
             }
-            if let Some(ids) = self.ctx.qos2_in.lock().remove(&client_id) {
-                self.in_qos2 = ids;
+            if let Some(st) = self.ctx.sessions.get(&client_id) {
+                saved = Some(st);
                 session_present = true;
             }
             if let Some((subs, until)) = self.ctx.shared_offline.lock().remove(&client_id) {
@@ -463,6 +547,9 @@ impl Session {
         self.will = c.will;
         self.will_armed = self.will.is_some();
         self.client_packet_max = c.properties.maximum_packet_size;
+        if c.protocol == Protocol::V5 {
+            self.aliases_out = OutAliases::new(c.properties.topic_alias_maximum.unwrap_or(0));
+        }
         self.problem_info = c.properties.request_problem_information.unwrap_or(true);
         let receive_max = match c.protocol {
             Protocol::V5 => c.properties.receive_maximum.unwrap_or(u16::MAX),
@@ -493,12 +580,51 @@ impl Session {
             properties,
         })));
         tracing::debug!(peer = %self.peer, client_id = %self.client_id, protocol = ?self.protocol, persistent, "MQTT session open");
+        if let Some(st) = saved {
+            self.resume(st);
+        }
         if self.queue.is_some() {
             self.start_consuming();
         }
         for (full, sub) in rejoin {
             if let Some((group, filter)) = split_shared(&full) {
                 self.join_shared(&full, group, filter, sub);
+            }
+        }
+    }
+
+    /// Takes up the packet-id state of a resumed session (MQTT-4.4.0-1): PUBRELs awaiting
+    /// PUBCOMP are sent again at once, in PUBREC order; unacknowledged PUBLISHes go out again
+    /// with their packet id and DUP as the queue redelivers them (in the order they were sent,
+    /// which is queue order). Entries whose message left the queue meanwhile are dropped.
+    fn resume(&mut self, st: SessionState) {
+        self.in_qos2 = st.qos2_in.into_iter().collect();
+        let wanted: HashSet<u64> = st
+            .published
+            .iter()
+            .chain(&st.released)
+            .map(|(_, m)| *m)
+            .filter(|m| *m != 0)
+            .collect();
+        let held = match &self.queue {
+            Some(q) if !wanted.is_empty() => q.holds(&wanted),
+            _ => HashSet::new(),
+        };
+        for (pid, msg_id) in st.released {
+            self.out_pubrel.insert(pid);
+            if held.contains(&msg_id) {
+                self.resend_released.insert(msg_id);
+            }
+            self.send(&Packet::PubRel(Ack {
+                packet_id: pid,
+                ..Default::default()
+            }));
+        }
+        for (pid, msg_id) in st.published {
+            if held.contains(&msg_id) {
+                self.resend.insert(msg_id, pid);
+            } else {
+                self.journal(Op::Done(pid));
             }
         }
     }
@@ -613,19 +739,30 @@ impl Session {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
                 if let Some(f) = self.out_flight.remove(&a.packet_id) {
+                    self.journal_out(&f, Op::Done(a.packet_id));
                     settle(f, Settle::Ack);
                 }
             }
             Packet::PubRec(a) => match self.out_flight.remove(&a.packet_id) {
-                Some(f) => {
-                    settle(f, Settle::Ack);
-                    if !a.reason.is_error() {
-                        self.out_pubrel.insert(a.packet_id);
-                        self.send(&Packet::PubRel(Ack {
+                Some(f) if !a.reason.is_error() => {
+                    // The PUBREC is journalled before the message is settled and PUBREL sent:
+                    // a crash in between resends the PUBLISH (same id, DUP), never loses it.
+                    let j = self.journal_out(&f, Op::Released(a.packet_id));
+                    self.out_pubrel.insert(a.packet_id);
+                    self.gate(0, j, Gated::Settle(f));
+                    self.send_gated(
+                        0,
+                        j,
+                        Packet::PubRel(Ack {
                             packet_id: a.packet_id,
                             ..Default::default()
-                        }));
-                    }
+                        }),
+                    );
+                }
+                Some(f) => {
+                    // Refused by the client: settled, not sent again.
+                    self.journal_out(&f, Op::Done(a.packet_id));
+                    settle(f, Settle::Ack);
                 }
                 None => {
                     let reason = if self.out_pubrel.contains(&a.packet_id) {
@@ -647,13 +784,20 @@ impl Session {
                 }
             },
             Packet::PubComp(a) => {
-                self.out_pubrel.remove(&a.packet_id);
+                if self.out_pubrel.remove(&a.packet_id) {
+                    self.journal(Op::Done(a.packet_id));
+                }
             }
             Packet::PubRel(a) => {
-                let reason = if self.in_qos2.remove(&a.packet_id) {
-                    ReasonCode::SUCCESS
+                // The id is free once that is durable: a PUBCOMP before it could let the client
+                // reuse the id for a new message that a crash would then drop as a resend.
+                let (reason, j) = if self.in_qos2.remove(&a.packet_id) {
+                    (
+                        ReasonCode::SUCCESS,
+                        self.journal(Op::Qos2InDone(a.packet_id)),
+                    )
                 } else {
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    (ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, 0)
                 };
                 let properties = self.ack_props(reason, || {
                     format!(
@@ -663,6 +807,7 @@ impl Session {
                 });
                 self.send_gated(
                     0,
+                    j,
                     Packet::PubComp(Ack {
                         packet_id: a.packet_id,
                         reason,
@@ -718,6 +863,7 @@ impl Session {
             // A resend of a message already taken: acknowledge, do not publish again.
             return self.send_gated(
                 0,
+                0,
                 Packet::PubRec(Ack {
                     packet_id: p.packet_id,
                     ..Default::default()
@@ -758,12 +904,16 @@ impl Session {
         };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_gated(lsn, Packet::PubAck(ack)),
+            QoS::AtLeastOnce => self.send_gated(lsn, 0, Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
+                // PUBREC leaves once both the message and the packet id are durable: from then
+                // on a resend of this PUBLISH is recognised, across a crash too.
+                let mut j = 0;
                 if !reason.is_error() {
                     self.in_qos2.insert(p.packet_id);
+                    j = self.journal(Op::Qos2In(p.packet_id));
                 }
-                self.send_gated(lsn, Packet::PubRec(ack));
+                self.send_gated(lsn, j, Packet::PubRec(ack));
             }
         }
     }
@@ -863,6 +1013,7 @@ impl Session {
         };
         self.send_gated(
             0,
+            0,
             Packet::SubAck(SubAck {
                 packet_id: s.packet_id,
                 reasons,
@@ -880,6 +1031,7 @@ impl Session {
                     false,
                     sub.id.into_iter().collect(),
                     None,
+                    0,
                 );
             }
         }
@@ -914,6 +1066,7 @@ impl Session {
             AckProperties::default()
         };
         self.send_gated(
+            0,
             0,
             Packet::UnsubAck(UnsubAck {
                 packet_id: u.packet_id,
@@ -1023,7 +1176,10 @@ impl Session {
         loop {
             let pid = self.next_pid;
             self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
-            if !self.out_flight.contains_key(&pid) && !self.out_pubrel.contains(&pid) {
+            if !self.out_flight.contains_key(&pid)
+                && !self.out_pubrel.contains(&pid)
+                && !self.resend.values().any(|p| *p == pid)
+            {
                 return pid;
             }
         }
@@ -1041,28 +1197,50 @@ impl Session {
         dup: bool,
         subscription_identifiers: Vec<u32>,
         engine: Option<(Arc<Queue>, DeliveryId)>,
+        msg_id: u64,
     ) {
-        if mapping::expiry(msg) == mapping::Expiry::Expired {
-            // Expired while queued (or retained): not delivered (MQTT-3.3.2-5).
+        if msg_id != 0 && self.resend_released.remove(&msg_id) {
+            // Its PUBREC came before a reconnect: the client has it, PUBREL was sent again.
             return ack_skip(engine);
         }
+        if mapping::expiry(msg) == mapping::Expiry::Expired {
+            // Expired while queued (or retained): not delivered (MQTT-3.3.2-5).
+            return self.skip(engine, msg_id);
+        }
+        // Sent before a reconnect and not acknowledged: again with its packet id and DUP.
+        let resend_pid = (msg_id != 0 && qos != QoS::AtMostOnce)
+            .then(|| self.resend.remove(&msg_id))
+            .flatten();
         let mut properties = if self.v5() {
             mapping::to_properties(msg)
         } else {
             Default::default()
         };
         properties.subscription_identifiers = subscription_identifiers;
+        // Topic aliases (MQTT 5): the alias only once the client has been told the topic.
+        let alias = self.aliases_out.plan(topic);
+        let wire_topic = match alias {
+            AliasPlan::Known(a) => {
+                properties.topic_alias = Some(a);
+                String::new()
+            }
+            AliasPlan::New(a) => {
+                properties.topic_alias = Some(a);
+                topic.to_string()
+            }
+            AliasPlan::None => topic.to_string(),
+        };
         let mut packet = Publish {
-            dup: dup && qos != QoS::AtMostOnce,
+            dup: (dup || resend_pid.is_some()) && qos != QoS::AtMostOnce,
             qos,
             retain,
-            topic: topic.to_string(),
+            topic: wire_topic,
             packet_id: 0,
             properties,
             payload: msg.body.clone(),
         };
         if qos != QoS::AtMostOnce {
-            packet.packet_id = self.alloc_pid();
+            packet.packet_id = resend_pid.unwrap_or_else(|| self.alloc_pid());
         }
         let packet = Packet::Publish(packet);
         if let Some(max) = self.client_packet_max {
@@ -1072,16 +1250,37 @@ impl Session {
                 .is_ok_and(|n| n > max as usize)
             {
                 // MQTT-3.1.2-25: too large for the client: dropped as if delivered.
+                if let Some(pid) = resend_pid {
+                    self.journal(Op::Done(pid));
+                }
                 if let Some((q, id)) = engine {
                     q.settle(&[id], Settle::Ack);
                 }
                 return;
             }
         }
+        self.aliases_out.commit(topic, alias);
+        let mut jseq = 0;
         if let Packet::Publish(p) = &packet {
             if qos != QoS::AtMostOnce {
                 let f = match engine {
-                    Some((queue, id)) => OutFlight::Engine { queue, id },
+                    Some((queue, id)) => {
+                        // A persistent session journals the packet id of a stored message, so
+                        // a resend after a reconnect or a restart uses it again. Only QoS 2
+                        // waits for it: a QoS 1 duplicate with a new id is still at least once.
+                        let journalled = msg_id != 0 && self.persistent;
+                        if journalled {
+                            let j = self.journal(Op::Published(p.packet_id, msg_id));
+                            if qos == QoS::ExactlyOnce {
+                                jseq = j;
+                            }
+                        }
+                        OutFlight::Engine {
+                            queue,
+                            id,
+                            msg_id: if journalled { msg_id } else { 0 },
+                        }
+                    }
                     None => OutFlight::Retained,
                 };
                 self.out_flight.insert(p.packet_id, f);
@@ -1090,7 +1289,26 @@ impl Session {
             }
         }
         count(&self.ctx.stats.publish_sent, 1);
-        self.send(&packet);
+        self.send_publish(jseq, packet);
+    }
+
+    /// A delivery that is not sent: settled, and no longer awaited for a resend.
+    fn skip(&mut self, engine: Option<(Arc<Queue>, DeliveryId)>, msg_id: u64) {
+        if msg_id != 0 {
+            if let Some(pid) = self.resend.remove(&msg_id) {
+                self.journal(Op::Done(pid));
+            }
+            self.resend_released.remove(&msg_id);
+        }
+        ack_skip(engine);
+    }
+
+    /// Journals `op` for an outbound message whose packet id is in the journal.
+    fn journal_out(&self, f: &OutFlight, op: Op) -> u64 {
+        match f {
+            OutFlight::Engine { msg_id, .. } if *msg_id != 0 => self.journal(op),
+            _ => 0,
+        }
     }
 
     pub(super) fn on_outbound(&mut self, ev: Outbound) {
@@ -1133,7 +1351,7 @@ impl Session {
         let engine = d.queue.clone().map(|q| (q, d.id));
         let Some(topic) = routing_key_to_topic(&d.message.routing_key) else {
             tracing::debug!(key = %d.message.routing_key, "routing key is no MQTT topic: not delivered");
-            return ack_skip(engine);
+            return self.skip(engine, d.msg_id);
         };
         // The subscription(s) this is for: the highest QoS wins, every identifier is sent.
         // No Local subscriptions skip this client's own messages; Retain As Published ones
@@ -1152,7 +1370,7 @@ impl Session {
         }
         let Some(sub_qos) = best else {
             // `$` topics reached through a leading wildcard, or a literal `*` level.
-            return ack_skip(engine);
+            return self.skip(engine, d.msg_id);
         };
         let qos = sub_qos.min(mapping::message_qos(&d.message));
         let topic = topic.into_owned();
@@ -1164,6 +1382,7 @@ impl Session {
             d.redelivered,
             ids,
             engine,
+            d.msg_id,
         );
     }
 
@@ -1193,6 +1412,8 @@ impl Session {
             d.redelivered,
             sub.id.into_iter().collect(),
             engine,
+            // Shared subscription queues are not durable: nothing to resend by store id.
+            0,
         );
     }
 
@@ -1240,11 +1461,10 @@ impl Session {
                 }
             }
         }
-        if self.persistent && !self.in_qos2.is_empty() {
-            self.ctx
-                .qos2_in
-                .lock()
-                .insert(self.client_id.clone(), std::mem::take(&mut self.in_qos2));
+        // A persistent session's packet-id state is in the session journal already; one that
+        // does not persist (clean session, or MQTT 5 Session Expiry Interval 0) leaves none.
+        if !self.persistent && self.registered && self.ctx.sessions.get(&self.client_id).is_some() {
+            self.ctx.sessions.record(&self.client_id, Op::Clear);
         }
         if self.will_armed {
             if let (Some(will), Some(vhost)) = (self.will.take(), self.vhost.clone()) {
@@ -1347,7 +1567,7 @@ fn without_reason_string(packet: &Packet) -> Option<Packet> {
 }
 
 fn settle(f: OutFlight, how: Settle) {
-    if let OutFlight::Engine { queue, id } = f {
+    if let OutFlight::Engine { queue, id, .. } = f {
         queue.settle(&[id], how);
     }
 }

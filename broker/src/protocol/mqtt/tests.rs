@@ -33,6 +33,7 @@ impl Broker {
         .unwrap();
         let config = MqttConfig {
             data_dir: dir.path().to_path_buf(),
+            fsync: false,
             ..Default::default()
         };
         Broker {
@@ -422,4 +423,105 @@ async fn no_local_skips_own_publishes() {
         panic!()
     };
     assert_eq!(&p.payload[..], b"kept");
+}
+
+/// The PUBLISH packets `c` receives next, `n` of them.
+async fn publishes(c: &mut Client, n: usize) -> Vec<Publish> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => out.push(p),
+            Some(_) => {}
+            None => panic!("closed after {} PUBLISH packets", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_within_the_client_maximum() {
+    let b = Broker::new();
+    let mut sub = b.connect_raw();
+    let mut conn = connect(Protocol::V5, "alias-sub", true);
+    conn.properties.topic_alias_maximum = Some(2);
+    sub.send(&Packet::Connect(Box::new(conn))).await;
+    sub.codec = Codec::with_protocol(Protocol::V5);
+    assert_eq!(
+        connack_code(&sub.recv().await.unwrap()),
+        ReasonCode::SUCCESS
+    );
+    sub.subscribe("al/#", QoS::AtMostOnce).await;
+    let (mut publ, _) = b.connect(Protocol::V5, "alias-pub", true).await;
+    for t in ["al/x", "al/x", "al/y", "al/z", "al/y", "al/z", "al/x"] {
+        publ.publish(t, QoS::AtMostOnce, 0, b"m").await;
+    }
+    let got: Vec<(String, Option<u16>)> = publishes(&mut sub, 7)
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.properties.topic_alias))
+        .collect();
+    let want: Vec<(String, Option<u16>)> = vec![
+        ("al/x".into(), Some(1)), // first time: topic and alias
+        ("".into(), Some(1)),     // then the alias alone
+        ("al/y".into(), Some(2)),
+        ("al/z".into(), None), // the client allows 2: no third alias
+        ("".into(), Some(2)),
+        ("al/z".into(), None),
+        ("".into(), Some(1)),
+    ];
+    assert_eq!(got, want);
+
+    // A new connection starts without aliases; a client that announces none gets none.
+    drop(sub);
+    let (mut plain, _) = b.connect(Protocol::V5, "alias-none", true).await;
+    plain.subscribe("al/#", QoS::AtMostOnce).await;
+    publ.publish("al/x", QoS::AtMostOnce, 0, b"m").await;
+    publ.publish("al/x", QoS::AtMostOnce, 0, b"m").await;
+    for p in publishes(&mut plain, 2).await {
+        assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("al/x", None));
+    }
+}
+
+#[tokio::test]
+async fn reconnect_resends_pubrel_then_publishes_with_their_ids_and_dup() {
+    let b = Broker::new();
+    let (mut sub, _) = b.connect(Protocol::V3_1_1, "rsnd", false).await;
+    sub.subscribe("rs/#", QoS::ExactlyOnce).await;
+    let (mut publ, _) = b.connect(Protocol::V3_1_1, "rsnd-pub", true).await;
+    // One acknowledged first, so the ids in flight are not a fresh connection's first ones.
+    for (i, body) in [&b"w"[..], b"a", b"b"].into_iter().enumerate() {
+        publ.send(&Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "rs/t".into(),
+            packet_id: i as u16 + 1,
+            payload: Bytes::from_static(body),
+            ..Default::default()
+        }))
+        .await;
+    }
+    let first = publishes(&mut sub, 3).await;
+    sub.send(&Packet::PubAck(Ack {
+        packet_id: first[0].packet_id,
+        ..Default::default()
+    }))
+    .await;
+    // Reconnect without PUBACK for "a" and "b".
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut sub, ack) = b.connect(Protocol::V3_1_1, "rsnd", false).await;
+    let Packet::ConnAck(ack) = ack else { panic!() };
+    assert!(ack.session_present);
+    let again = publishes(&mut sub, 2).await;
+    let seen = |v: &[Publish]| -> Vec<(u16, bool, Bytes)> {
+        v.iter()
+            .map(|p| (p.packet_id, p.dup, p.payload.clone()))
+            .collect()
+    };
+    let mut want = seen(&first[1..]);
+    for w in &mut want {
+        assert!(!w.1);
+        w.1 = true;
+    }
+    assert_eq!(seen(&again), want);
+    assert!(again[0].packet_id > 1);
 }
