@@ -15,8 +15,12 @@
 //! carries its send time, so the consumer measures end-to-end latency. The publisher keeps at
 //! most `--window` messages unconsumed, so latency measures the broker, not an ever-growing
 //! backlog (RabbitMQ's PerfTest bounds its publishers the same way with confirms).
+//!
+//! `wharf-bench mqtt ...` runs the MQTT workloads instead ([`mqtt`], `tests/bench/run-mqtt`
+//! runs them against Wharf and Mosquitto).
 
 mod lapin_client;
+mod mqtt;
 mod raw;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,6 +95,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("mqtt") {
+        return mqtt::main(mqtt::MqttArgs::parse_from(std::env::args().skip(1)));
+    }
     let args = Args::parse();
     if args.size < 16 {
         bail!("--size must be at least 16");
