@@ -169,6 +169,9 @@ impl Broker {
             .arg("127.0.0.1:0")
             .arg("--mqtt-listen")
             .arg("127.0.0.1:0")
+            // Not used here, but on by default: a fixed port would clash between test brokers.
+            .arg("--ws-listen")
+            .arg("127.0.0.1:0")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
