@@ -92,9 +92,10 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsConfigError(format!("tls: {e}")))?;
         let builder = if settings.verify_peer {
-            let ca_file = settings.ca_file.as_deref().ok_or_else(|| {
-                TlsConfigError("tls.verify_peer: needs tls.ca_file".to_string())
-            })?;
+            let ca_file = settings
+                .ca_file
+                .as_deref()
+                .ok_or_else(|| TlsConfigError("tls.verify_peer: needs tls.ca_file".to_string()))?;
             let mut roots = RootCertStore::empty();
             for cert in load_certs("tls.ca_file", ca_file)? {
                 roots.add(cert).map_err(|e| {
@@ -287,6 +288,72 @@ mod tests {
         assert!(tls.accept(tcp, peer, &token).await.is_none());
         let reply = client.await.unwrap();
         assert!(!reply.starts_with(b"AMQP"), "{reply:?}");
+    }
+
+    /// Connects with rustls as the client; `client` names the certificate to present.
+    async fn handshake(tls: &Tls, w: &wharf_certs::Written, client: Option<usize>) -> Option<Peer> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(load_certs("ca", &w.ca_cert).unwrap().remove(0))
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(i) => builder
+                .with_client_auth_cert(
+                    load_certs("c", &w.clients[i].1).unwrap(),
+                    PrivateKeyDer::from_pem_file(&w.clients[i].2).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            if let Ok(mut s) = connector.connect(name, tcp).await {
+                // TLS 1.3: a refused client certificate shows on the first read.
+                let mut buf = [0u8; 1];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let peer = tls
+            .accept(tcp, peer, &CancellationToken::new())
+            .await
+            .map(|(_stream, p)| p);
+        client.abort();
+        peer
+    }
+
+    #[tokio::test]
+    async fn verified_client_certificate_logs_in_as_its_cn() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = make_certs(dir.path());
+        let tls = Tls::load(&settings(&w)).unwrap();
+        let peer = handshake(&tls, &w, Some(0)).await.expect("handshake");
+        assert_eq!(peer.cert_login.as_deref(), Some("alice"));
+        // fail_if_no_peer_cert: no certificate, no connection.
+        assert!(handshake(&tls, &w, None).await.is_none());
+
+        // cert_login off: verified, but no login from it.
+        let mut s = settings(&w);
+        s.cert_login = false;
+        let tls = Tls::load(&s).unwrap();
+        let peer = handshake(&tls, &w, Some(0)).await.expect("handshake");
+        assert_eq!(peer.cert_login, None);
+
+        // Optional client certificates: without one the handshake succeeds, with no login.
+        let mut s = settings(&w);
+        s.fail_if_no_peer_cert = false;
+        let tls = Tls::load(&s).unwrap();
+        let peer = handshake(&tls, &w, None).await.expect("handshake");
+        assert_eq!(peer.cert_login, None);
     }
 
     #[tokio::test]

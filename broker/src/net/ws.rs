@@ -224,7 +224,10 @@ fn check_request(req: &Request) -> Result<(WsProtocol, String, String), (u16, St
                 .to_string(),
         ));
     }
-    if !req.values("sec-websocket-version").any(|v| v.trim() == "13") {
+    if !req
+        .values("sec-websocket-version")
+        .any(|v| v.trim() == "13")
+    {
         return Err((426, "Sec-WebSocket-Version 13 needed".to_string()));
     }
     let key = req.values("sec-websocket-key").next().map(str::trim);
@@ -256,7 +259,11 @@ fn check_request(req: &Request) -> Result<(WsProtocol, String, String), (u16, St
 }
 
 /// Sends an HTTP error answer; the caller then drops the connection.
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, reason: &str) -> io::Result<()> {
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &str,
+) -> io::Result<()> {
     let text = match status {
         400 => "Bad Request",
         404 => "Not Found",
@@ -432,12 +439,18 @@ mod tests {
             answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
             "{answer}"
         );
-        assert!(answer.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{answer}");
+        assert!(
+            answer.contains("Sec-WebSocket-Protocol: mqtt\r\n"),
+            "{answer}"
+        );
 
         let (result, answer, _c) =
             handshake(&upgrade("Sec-WebSocket-Protocol: mqttv3.1\r\n")).await;
         assert_eq!(result.unwrap().2, "mqttv3.1");
-        assert!(answer.contains("Sec-WebSocket-Protocol: mqttv3.1\r\n"), "{answer}");
+        assert!(
+            answer.contains("Sec-WebSocket-Protocol: mqttv3.1\r\n"),
+            "{answer}"
+        );
     }
 
     #[tokio::test]
@@ -449,7 +462,11 @@ mod tests {
                 400,
                 "v12.stomp not offered",
             ),
-            (upgrade("Sec-WebSocket-Protocol: chat\r\n"), 400, "no supported"),
+            (
+                upgrade("Sec-WebSocket-Protocol: chat\r\n"),
+                400,
+                "no supported",
+            ),
             (
                 "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
                 400,
@@ -470,7 +487,11 @@ mod tests {
                 426,
                 "Version 13",
             ),
-            ("\x16\x03\x01\x02\x00\x01\x00".to_string(), 400, "not an HTTP request"),
+            (
+                "\x16\x03\x01\x02\x00\x01\x00".to_string(),
+                400,
+                "not an HTTP request",
+            ),
         ];
         for (request, status, needle) in cases {
             let (result, answer, _c) = handshake(&request).await;
@@ -516,7 +537,9 @@ mod tests {
         let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
 
         ws.send(Message::binary(&b"hel"[..])).await.unwrap();
-        ws.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        ws.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
         ws.send(Message::binary(&b"lo"[..])).await.unwrap();
         let mut got = [0u8; 5];
         stream.read_exact(&mut got).await.unwrap();
