@@ -29,6 +29,7 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::{EngineConfig, User};
+use crate::net::tls::TlsSettings;
 use crate::protocol::amqp::AmqpConfig;
 use crate::protocol::mqtt::MqttConfig;
 
@@ -120,6 +121,20 @@ section! {
         /// MQTT 3.1/3.1.1/5.0 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
         /// a free port; the log line `listening protocol=mqtt addr=IP:PORT` tells which.
         pub mqtt_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883))),
+        /// AMQP 0-9-1 over TLS (AMQPS) listener address, as `amqp_listen`. Starts only when
+        /// `tls.cert_file` and `tls.key_file` are set; logs `listening protocol=amqps`.
+        pub amqps_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5671))),
+        /// MQTT over TLS listener address, as `mqtt_listen`. Starts only when `tls.cert_file`
+        /// and `tls.key_file` are set; logs `listening protocol=mqtts`.
+        pub mqtts_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8883))),
+        /// WebSocket listener address (RabbitMQ's Web STOMP port): one listener for every
+        /// protocol over WebSocket, on the path `/ws`, picked by the client's subprotocol
+        /// (`mqtt`, `mqttv3.1`). Logs `listening protocol=ws`.
+        pub ws_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15674))),
+        /// WebSocket over TLS listener address (RabbitMQ's Web STOMP TLS port), as `ws_listen`.
+        /// Starts only when `tls.cert_file` and `tls.key_file` are set; logs
+        /// `listening protocol=wss`.
+        pub wss_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15673))),
         /// Virtual hosts that exist at start (more may come from the durable definitions).
         /// In the environment: comma-separated.
         pub vhosts: Vec<String> = vec!["/".to_string()],
@@ -146,6 +161,40 @@ section! {
         pub amqp: AmqpSection = AmqpSection::default(),
         /// MQTT protocol settings (the `[mqtt]` table).
         pub mqtt: MqttSection = MqttSection::default(),
+        /// TLS settings of the TLS listeners (the `[tls]` table).
+        pub tls: TlsSection = TlsSection::default(),
+    }
+}
+
+section! {
+    /// The `[tls]` table: the certificate of the TLS listeners (`amqps_listen`, `mqtts_listen`,
+    /// `wss_listen`) and how client certificates are checked. Development certificates:
+    /// `wharf certs` (certs/README.md).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct TlsSection {
+        /// Server certificate, PEM; intermediate certificates may follow the server's own. With
+        /// `key_file`, turns the TLS listeners on; empty: they are off.
+        pub cert_file: PathBuf = PathBuf::new(),
+        /// Private key of `cert_file`, PEM (PKCS#8, PKCS#1 or SEC1), unencrypted.
+        pub key_file: PathBuf = PathBuf::new(),
+        /// CA certificates, PEM, that client certificates are verified against (mutual TLS).
+        /// Needed by `verify_peer`.
+        pub ca_file: PathBuf = PathBuf::new(),
+        /// Ask clients for a certificate and verify it against `ca_file`; a client may still
+        /// connect without one unless `fail_if_no_peer_cert` is set (RabbitMQ's
+        /// `verify_peer`).
+        pub verify_peer: bool = false,
+        /// Refuse the TLS handshake of a client without a valid certificate. Needs
+        /// `verify_peer`.
+        pub fail_if_no_peer_cert: bool = false,
+        /// Log in as the subject CN of the verified client certificate: AMQP offers EXTERNAL,
+        /// an MQTT CONNECT without user name logs in as that user (RabbitMQ's
+        /// `ssl_cert_login`). The user must exist. Needs `verify_peer`.
+        pub cert_login: bool = false,
+        /// Seconds a client gets to complete the TLS handshake (and the WebSocket upgrade)
+        /// before the connection is dropped.
+        pub handshake_timeout_secs: u64 = 10,
     }
 }
 
@@ -292,22 +341,54 @@ pub struct ListenerSpec {
     /// The flag, `<protocol>-listen`.
     pub flag: &'static str,
     pub listen: fn(&Config) -> Listen,
+    /// A TLS listener: started only when the configuration has a certificate.
+    pub tls: bool,
 }
 
-/// Every listener, in start order. Planned rows: stomp 61613, ws 15674, http 4566,
-/// management 15672, and the TLS ports.
+/// Every listener, in start order. Planned rows: stomp 61613, stomps 61614 (`tls: true`),
+/// http 4566, management 15672. main.rs has the serve arm of each.
 pub const LISTENERS: &[ListenerSpec] = &[
     ListenerSpec {
         protocol: "amqp",
         key: "amqp_listen",
         flag: "amqp-listen",
         listen: |c| c.amqp_listen,
+        tls: false,
     },
     ListenerSpec {
         protocol: "mqtt",
         key: "mqtt_listen",
         flag: "mqtt-listen",
         listen: |c| c.mqtt_listen,
+        tls: false,
+    },
+    ListenerSpec {
+        protocol: "amqps",
+        key: "amqps_listen",
+        flag: "amqps-listen",
+        listen: |c| c.amqps_listen,
+        tls: true,
+    },
+    ListenerSpec {
+        protocol: "mqtts",
+        key: "mqtts_listen",
+        flag: "mqtts-listen",
+        listen: |c| c.mqtts_listen,
+        tls: true,
+    },
+    ListenerSpec {
+        protocol: "ws",
+        key: "ws_listen",
+        flag: "ws-listen",
+        listen: |c| c.ws_listen,
+        tls: false,
+    },
+    ListenerSpec {
+        protocol: "wss",
+        key: "wss_listen",
+        flag: "wss-listen",
+        listen: |c| c.wss_listen,
+        tls: true,
     },
 ];
 
@@ -342,7 +423,8 @@ const SHORTSTR_BYTES_MAX: usize = 255;
     after_help = "Configuration layers, lowest first: embedded defaults, the --config file, \
                   WHARF_* environment variables (WHARF_AMQP__HEARTBEAT_SECS sets \
                   amqp.heartbeat_secs), these flags. Every option: docs/configuration.md, or \
-                  `wharf --print-config` for the effective values."
+                  `wharf --print-config` for the effective values.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// TOML configuration file layered over the defaults [env: WHARF_CONFIG]
@@ -351,6 +433,16 @@ struct Cli {
     /// Print the effective configuration as TOML and exit
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+/// Commands other than running the broker. They take none of the broker's flags.
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Write a development CA, a server certificate and client certificates as PEM files (for
+    /// tests and local TLS; never for production). See certs/README.md
+    Certs(wharf_certs::CertsArgs),
 }
 
 /// The `wharf` command line: the derived flags plus one per config-key flag.
@@ -390,6 +482,8 @@ pub enum Loaded {
     },
     /// `--print-config`: the effective configuration, as TOML.
     PrintConfig { toml: String, warnings: Vec<String> },
+    /// `wharf certs ...`: make development certificates; no configuration is read.
+    Certs(wharf_certs::CertsArgs),
 }
 
 /// Why the configuration could not be loaded.
@@ -420,6 +514,9 @@ where
 {
     let matches = command().try_get_matches_from(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
+    if let Some(Subcommand::Certs(args)) = cli.command {
+        return Ok(Loaded::Certs(args));
+    }
 
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -722,6 +819,35 @@ impl Config {
                 self.amqp.message_bytes_max
             ));
         }
+        let tls = &self.tls;
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        if set(&tls.cert_file) != set(&tls.key_file) {
+            errors.push(
+                "tls: cert_file and key_file go together: set both (TLS listeners on) or neither"
+                    .to_string(),
+            );
+        }
+        if tls.verify_peer && !set(&tls.ca_file) {
+            errors.push(
+                "tls.verify_peer: needs tls.ca_file, the CA client certificates are checked against"
+                    .to_string(),
+            );
+        }
+        if tls.fail_if_no_peer_cert && !tls.verify_peer {
+            errors.push("tls.fail_if_no_peer_cert: needs tls.verify_peer = true".to_string());
+        }
+        if tls.cert_login && !tls.verify_peer {
+            errors.push("tls.cert_login: needs tls.verify_peer = true".to_string());
+        }
+        if (tls.verify_peer || set(&tls.ca_file)) && !set(&tls.cert_file) {
+            errors.push(
+                "tls: client certificate settings are set but tls.cert_file is not (no TLS listener would start)"
+                    .to_string(),
+            );
+        }
+        if tls.handshake_timeout_secs == 0 {
+            errors.push("tls.handshake_timeout_secs: must be above 0".to_string());
+        }
         // Two listeners on one fixed address would fail at bind; say so before anything starts.
         let mut bound: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         for l in LISTENERS {
@@ -796,6 +922,28 @@ impl Config {
         }
     }
 
+    /// The TLS listeners' settings, or `None` when no certificate is configured (they are off).
+    pub fn tls_settings(&self) -> Option<TlsSettings> {
+        let t = &self.tls;
+        if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+            return None;
+        }
+        Some(TlsSettings {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            ca_file: (!t.ca_file.as_os_str().is_empty()).then(|| t.ca_file.clone()),
+            verify_peer: t.verify_peer,
+            fail_if_no_peer_cert: t.fail_if_no_peer_cert,
+            cert_login: t.cert_login,
+            handshake_timeout: std::time::Duration::from_secs(t.handshake_timeout_secs),
+        })
+    }
+
+    /// How long a WebSocket client gets for the upgrade request.
+    pub fn ws_handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.tls.handshake_timeout_secs)
+    }
+
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -840,6 +988,7 @@ fn field_doc(key: &str) -> Option<&'static FieldDoc> {
     let (fields, name) = match key.split_once('.') {
         Some(("amqp", rest)) => (AmqpSection::FIELDS, rest),
         Some(("mqtt", rest)) => (MqttSection::FIELDS, rest),
+        Some(("tls", rest)) => (TlsSection::FIELDS, rest),
         Some(_) => return None,
         None => (Config::FIELDS, key),
     };
@@ -936,6 +1085,20 @@ pub fn reference_markdown() -> String {
         ));
     }
 
+    out.push_str("\n### `[tls]`\n\n");
+    out.push_str("| Key | Default | Environment | Meaning |\n");
+    out.push_str("| --- | --- | --- | --- |\n");
+    let tls = defaults.get("tls").and_then(toml::Value::as_table);
+    for f in TlsSection::FIELDS {
+        let key = format!("tls.{}", f.name);
+        out.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            cell(shown(f, tls.and_then(|t| t.get(f.name)))),
+            env_of(&key),
+            cell(f.text())
+        ));
+    }
+
     out.push_str("\n### `[[users]]`\n\n");
     out.push_str("| Key | Default | Meaning |\n");
     out.push_str("| --- | --- | --- |\n");
@@ -979,6 +1142,7 @@ mod tests {
         match load(argv, os(env))? {
             Loaded::Run { config, warnings } => Ok((config, warnings)),
             Loaded::PrintConfig { .. } => panic!("unexpected --print-config"),
+            Loaded::Certs(_) => panic!("unexpected certs subcommand"),
         }
     }
 

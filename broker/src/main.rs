@@ -6,19 +6,25 @@
 //! connection.close 320) for up to `shutdown_timeout_secs`, then close the engine, which flushes
 //! the message store. Exit 0. A second signal skips the wait for connections.
 //!
-//! Exit codes: 0 after a clean shutdown, 1 for a fatal startup error, 2 for bad configuration.
+//! Exit codes: 0 after a clean shutdown, 1 for a fatal startup error, 2 for bad configuration
+//! (a TLS certificate or key that cannot be read or used included).
+//!
+//! `wharf certs ...` makes development certificates instead (certs/README.md).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use wharf::config::{self, Config, LoadError, Loaded, LISTENERS};
 use wharf::engine::Engine;
-use wharf::net::{self, BoundListener, Listeners};
+use wharf::net::tls::Tls;
+use wharf::net::ws::{self, WsProtocol};
+use wharf::net::{self, BoundListener, Listeners, Peer};
 use wharf::protocol::amqp::{self, AmqpContext};
 use wharf::protocol::mqtt::{self, MqttContext};
 
@@ -36,12 +42,23 @@ fn main() -> ExitCode {
             print!("{toml}");
             return ExitCode::SUCCESS;
         }
+        Ok(Loaded::Certs(args)) => return make_certs(&args),
         // --help and --version land here too: clap prints them and exits 0.
         Err(LoadError::Cli(e)) => e.exit(),
         Err(LoadError::Invalid(problems)) => {
             for p in problems {
                 eprintln!("wharf: configuration error: {p}");
             }
+            return ExitCode::from(2);
+        }
+    };
+
+    // The certificate and key are read now, so that a bad file is a configuration error before
+    // anything starts.
+    let tls = match config.tls_settings().map(|s| Tls::load(&s)).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("wharf: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -62,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(Arc::new(config)));
+    let result = runtime.block_on(run(Arc::new(config), tls));
     // Connections that outlived the shutdown timeout are dropped here.
     runtime.shutdown_timeout(RUNTIME_DROP_TIMEOUT);
     match result {
@@ -92,7 +109,55 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+/// `wharf certs`: writes the files and says how to use them.
+fn make_certs(args: &wharf_certs::CertsArgs) -> ExitCode {
+    match wharf_certs::generate(args) {
+        Ok(written) => {
+            println!(
+                "Development certificates written to {} (not for production).",
+                args.out.display()
+            );
+            println!("Configuration using them:\n\n{}", written.config_snippet());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wharf certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The sessions a WebSocket connection can be handed to, by subprotocol.
+struct WsServices {
+    mqtt: Arc<MqttContext>,
+    handshake_timeout: Duration,
+}
+
+/// Upgrades `stream` to WebSocket and runs the session of the subprotocol the client picked.
+/// STOMP: add `WsProtocol::Stomp => stomp::serve(stream, peer, svc.stomp.clone(), token).await`
+/// once net/ws.rs maps v1x.stomp to it.
+async fn serve_websocket<S>(stream: S, peer: Peer, svc: Arc<WsServices>, token: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let accepted = tokio::select! {
+        () = token.cancelled() => return,
+        r = ws::accept(stream, svc.handshake_timeout) => r,
+    };
+    let (stream, protocol, subprotocol) = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(error = %e, "WebSocket upgrade refused");
+            return;
+        }
+    };
+    tracing::debug!(subprotocol = %subprotocol, "WebSocket upgraded");
+    match protocol {
+        WsProtocol::Mqtt => mqtt::serve(stream, peer, svc.mqtt.clone(), token).await,
+    }
+}
+
+async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives right after the "listening" line must find them,
     // or the default action would kill the process without a clean shutdown.
     let mut signals = Signals::new()?;
@@ -107,10 +172,13 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let mut bound: Vec<BoundListener> = Vec::new();
     for spec in LISTENERS {
-        if let Some(addr) = (spec.listen)(&config).addr() {
-            bound.push(net::bind(spec.protocol, addr)?);
-        } else {
-            tracing::info!(protocol = %spec.protocol, "listener off");
+        match (spec.listen)(&config).addr() {
+            Some(_) if spec.tls && tls.is_none() => tracing::info!(
+                protocol = %spec.protocol,
+                "listener off: no TLS certificate (set tls.cert_file and tls.key_file)"
+            ),
+            Some(addr) => bound.push(net::bind(spec.protocol, addr)?),
+            None => tracing::info!(protocol = %spec.protocol, "listener off"),
         }
     }
     if bound.is_empty() {
@@ -134,6 +202,16 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    let ws_services = Arc::new(WsServices {
+        mqtt: mqtt_ctx.clone(),
+        handshake_timeout: config.ws_handshake_timeout(),
+    });
+    // Only TLS rows are bound without a certificate (see above), so this is set for them.
+    let tls = tls.map(Arc::new);
+    let tls_of = |protocol: &str| {
+        tls.clone()
+            .unwrap_or_else(|| unreachable!("TLS listener {protocol} bound without a certificate"))
+    };
     for b in bound {
         match b.protocol() {
             "amqp" => {
@@ -146,6 +224,45 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 let ctx = mqtt_ctx.clone();
                 listeners.serve(b, move |stream, peer, token| {
                     mqtt::serve(stream, peer, ctx.clone(), token)
+                });
+            }
+            "amqps" => {
+                let (ctx, tls) = (amqp_ctx.clone(), tls_of("amqps"));
+                listeners.serve(b, move |tcp, addr, token| {
+                    let (ctx, tls) = (ctx.clone(), tls.clone());
+                    async move {
+                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
+                            amqp::serve(stream, peer, ctx, token).await;
+                        }
+                    }
+                });
+            }
+            "mqtts" => {
+                let (ctx, tls) = (mqtt_ctx.clone(), tls_of("mqtts"));
+                listeners.serve(b, move |tcp, addr, token| {
+                    let (ctx, tls) = (ctx.clone(), tls.clone());
+                    async move {
+                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
+                            mqtt::serve(stream, peer, ctx, token).await;
+                        }
+                    }
+                });
+            }
+            "ws" => {
+                let svc = ws_services.clone();
+                listeners.serve(b, move |tcp, addr, token| {
+                    serve_websocket(tcp, Peer::from(addr), svc.clone(), token)
+                });
+            }
+            "wss" => {
+                let (svc, tls) = (ws_services.clone(), tls_of("wss"));
+                listeners.serve(b, move |tcp, addr, token| {
+                    let (svc, tls) = (svc.clone(), tls.clone());
+                    async move {
+                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
+                            serve_websocket(stream, peer, svc, token).await;
+                        }
+                    }
                 });
             }
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
@@ -167,6 +284,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     drop(amqp_ctx);
     drop(mqtt_ctx);
+    drop(ws_services);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())

@@ -32,6 +32,11 @@ REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("WHARF_TEST_AMQP_URL") or None
 LISTEN_RE = re.compile(r"listening protocol=amqp addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 MQTT_LISTEN_RE = re.compile(r"listening protocol=mqtt addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+# Every listener: amqp, mqtt, amqps, mqtts, ws, wss.
+ANY_LISTEN_RE = re.compile(r"listening protocol=(\w+) addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+# Listeners on in every test broker; the TLS ones only when a certificate is configured.
+PLAIN_PROTOCOLS = ("amqp", "mqtt", "ws")
+TLS_PROTOCOLS = ("amqps", "mqtts", "wss")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -103,9 +108,13 @@ class ExternalBroker(BrokerBase):
 class WharfProcess(BrokerBase):
     """One wharf process on an ephemeral port with its own data directory."""
 
-    def __init__(self, data_dir, binary=None):
+    def __init__(self, data_dir, binary=None, env=None):
         self.binary = Path(binary or wharf_bin())
         self.data_dir = Path(data_dir)
+        # Extra environment (WHARF_TLS__CERT_FILE...): configuration for this broker.
+        self.extra_env = dict(env or {})
+        # protocol -> port, from the `listening` lines of the current run.
+        self.ports = {}
         self.proc = None
         self.port = None
         self.mqtt_port = None
@@ -123,6 +132,9 @@ class WharfProcess(BrokerBase):
             m = MQTT_LISTEN_RE.search(line)
             if m:
                 self._mqtt_box.append(int(m.group(2)))
+            m = ANY_LISTEN_RE.search(line)
+            if m:
+                self.ports.setdefault(m.group(1), int(m.group(3)))
             if not found.is_set():
                 m = LISTEN_RE.search(line)
                 if m:
@@ -155,6 +167,8 @@ class WharfProcess(BrokerBase):
         self._note(f"start #{self.starts}: {self.binary} --data-dir {self.data_dir}")
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
+        env.update(self.extra_env)
+        self.ports = {}
         proc = subprocess.Popen(
             [
                 str(self.binary),
@@ -163,6 +177,15 @@ class WharfProcess(BrokerBase):
                 "--amqp-listen",
                 "127.0.0.1:0",
                 "--mqtt-listen",
+                "127.0.0.1:0",
+                "--ws-listen",
+                "127.0.0.1:0",
+                # Off (logged so) unless the environment configures a certificate.
+                "--amqps-listen",
+                "127.0.0.1:0",
+                "--mqtts-listen",
+                "127.0.0.1:0",
+                "--wss-listen",
                 "127.0.0.1:0",
             ],
             stdin=subprocess.DEVNULL,
@@ -191,12 +214,21 @@ class WharfProcess(BrokerBase):
                     + self.log_text()
                 )
         self.port = port_box[0]
-        # Listeners log in start order (amqp, then mqtt): give the second line a moment.
-        mqtt_deadline = time.monotonic() + 5
-        while not self._mqtt_box and time.monotonic() < mqtt_deadline and proc.poll() is None:
+        # Listeners log in start order (amqp first): give the other lines a moment.
+        expected = PLAIN_PROTOCOLS + (TLS_PROTOCOLS if self.tls_configured else ())
+        rest_deadline = time.monotonic() + 5
+        while (
+            not all(p in self.ports for p in expected)
+            and time.monotonic() < rest_deadline
+            and proc.poll() is None
+        ):
             time.sleep(0.01)
         self.mqtt_port = self._mqtt_box[0] if self._mqtt_box else None
         return self
+
+    @property
+    def tls_configured(self):
+        return bool(self.extra_env.get("WHARF_TLS__CERT_FILE"))
 
     def _wait(self, timeout):
         try:

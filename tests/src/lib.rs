@@ -11,6 +11,7 @@
 //! restart the broker check [`Broker::is_external`] and skip, and so do the MQTT tests (the URL
 //! names no MQTT port): [`Broker::mqtt_port`] is `None` then.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,6 +34,10 @@ pub struct Broker {
     port: u16,
     mqtt_port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    /// Extra environment for the process (`WHARF_TLS__CERT_FILE`...).
+    env: Vec<(String, String)>,
+    /// protocol -> port, from every `listening` line of the current run.
+    ports: Arc<Mutex<BTreeMap<String, u16>>>,
 }
 
 /// `<repo>/target/release/wharf` unless `WHARF_BIN` says otherwise.
@@ -45,6 +50,14 @@ pub fn wharf_bin() -> PathBuf {
             .join("release")
             .join("wharf"),
     }
+}
+
+/// (protocol, port) of any `listening protocol=<protocol> addr=IP:PORT` log line.
+pub fn parse_any_listen_line(line: &str) -> Option<(String, u16)> {
+    const KEY: &str = "listening protocol=";
+    let rest = &line[line.find(KEY)? + KEY.len()..];
+    let protocol = rest.split_whitespace().next()?;
+    Some((protocol.to_string(), parse_listen_line_for(protocol, line)?))
 }
 
 /// Finds the port in a `listening protocol=amqp addr=IP:PORT` log line.
@@ -82,6 +95,13 @@ fn strip_ansi(line: &str) -> String {
 impl Broker {
     /// Starts a wharf process (or uses `WHARF_TEST_AMQP_URL`). Panics with the log on failure.
     pub fn start() -> Broker {
+        Broker::start_with_env(&[])
+    }
+
+    /// Starts a wharf process with extra environment variables (configuration such as
+    /// `WHARF_TLS__CERT_FILE`); the TLS listeners are asked for on port 0 too (they start only
+    /// with a certificate).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Broker {
         let external_url = std::env::var(EXTERNAL_URL_VAR)
             .ok()
             .filter(|u| !u.is_empty());
@@ -102,6 +122,11 @@ impl Broker {
             port: 0,
             mqtt_port: 0,
             log: Arc::new(Mutex::new(Vec::new())),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: Arc::new(Mutex::new(BTreeMap::new())),
         };
         if broker.external_url.is_none() {
             broker.spawn();
@@ -137,6 +162,29 @@ impl Broker {
         self.data_dir.as_ref().map(|d| d.path().join("data"))
     }
 
+    /// The port of a listener (`amqps`, `mqtts`, `ws`, `wss`...) of the running process, waiting
+    /// a moment for its line; `None` if it did not log one (off, or an external broker).
+    pub fn port_of(&self, protocol: &str) -> Option<u16> {
+        if self.is_external() {
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(p) = self
+                .ports
+                .lock()
+                .ok()
+                .and_then(|p| p.get(protocol).copied())
+            {
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything the process logged so far (all incarnations).
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
@@ -169,6 +217,13 @@ impl Broker {
             .arg("127.0.0.1:0")
             .arg("--mqtt-listen")
             .arg("127.0.0.1:0")
+            // Not used here, but on by default: a fixed port would clash between test brokers.
+            .arg("--ws-listen")
+            .arg("127.0.0.1:0")
+            .args(["--amqps-listen", "127.0.0.1:0"])
+            .args(["--mqtts-listen", "127.0.0.1:0"])
+            .args(["--wss-listen", "127.0.0.1:0"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -177,6 +232,10 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::clone(&self.log);
+        let ports = Arc::clone(&self.ports);
+        if let Ok(mut p) = ports.lock() {
+            p.clear();
+        }
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut tx = Some(tx);
@@ -186,6 +245,11 @@ impl Broker {
                 let line = strip_ansi(&line);
                 amqp = amqp.or_else(|| parse_listen_line_for("amqp", &line));
                 mqtt = mqtt.or_else(|| parse_listen_line_for("mqtt", &line));
+                if let Some((protocol, port)) = parse_any_listen_line(&line) {
+                    if let Ok(mut p) = ports.lock() {
+                        p.entry(protocol).or_insert(port);
+                    }
+                }
                 if let (Some(amqp), Some(mqtt)) = (amqp, mqtt) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send((amqp, mqtt));
@@ -335,6 +399,15 @@ mod tests {
             parse_listen_line_for("mqtt", "listening protocol=amqp addr=127.0.0.1:5672"),
             None
         );
+    }
+
+    #[test]
+    fn parses_any_listen_line() {
+        assert_eq!(
+            parse_any_listen_line(" INFO wharf::net: listening protocol=mqtts addr=127.0.0.1:8883"),
+            Some(("mqtts".to_string(), 8883))
+        );
+        assert_eq!(parse_any_listen_line("listener off protocol=wss"), None);
     }
 
     #[test]

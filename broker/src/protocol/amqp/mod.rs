@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::write_or_flush;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +89,8 @@ pub async fn serve<S>(
     let mut s = Session::new(ctx, &peer);
     let peer = peer.addr;
     let (mut reader, mut writer) = tokio::io::split(stream);
+    // Bytes handed to the writer since its last flush.
+    let mut unflushed = false;
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let mut alarm = engine.memory_alarm();
     let mut durable = engine.subscribe_durable();
@@ -135,9 +139,15 @@ pub async fn serve<S>(
                 Ok(0) | Err(_) => break,
                 Ok(_) => last_recv = Instant::now(),
             },
-            r = writer.write_buf(&mut s.out), if !s.out.is_empty() => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => last_send = Instant::now(),
+            // TLS and WebSocket streams may hold written bytes until flushed (a TCP flush is a
+            // no-op): once the output is written, flush.
+            r = write_or_flush(&mut writer, &mut s.out), if !s.out.is_empty() || unflushed => match r {
+                Ok(Some(0)) | Err(_) => break,
+                Ok(Some(_)) => {
+                    last_send = Instant::now();
+                    unflushed = true;
+                }
+                Ok(None) => unflushed = false,
             },
             Some(ev) = s.rx.recv(), if events_enabled => {
                 s.on_outbound(ev);

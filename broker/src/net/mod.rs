@@ -1,5 +1,9 @@
 //! TCP listeners: bind, accept, hand each socket to its protocol's session, shut down politely.
 //!
+//! Transports on top of TCP: [`tls`] (the rustls handshake, in the connection's task) and [`ws`]
+//! (the WebSocket upgrade and a byte-stream adapter). Sessions take any
+//! `AsyncRead + AsyncWrite` stream, so `serve` is the same over TCP, TLS, WebSocket and WSS.
+//!
 //! Binding is separate from serving so that the binary can fail fast on an address in use before
 //! it opens the data directory, and log `listening protocol=<name> addr=<ip:port>` only once the
 //! accept loop runs (tests wait for that line, so it must mean "connect now").
@@ -18,6 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+pub mod tls;
+pub mod ws;
 
 /// Pending connections the kernel queues while we are busy (the usual somaxconn default).
 const LISTEN_BACKLOG: u32 = 1024;
