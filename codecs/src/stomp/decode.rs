@@ -30,7 +30,9 @@ struct Parsed {
 enum Step {
     Done(Parsed),
     /// Incomplete; `reserve` is how many more bytes a declared body still needs.
-    More { reserve: usize },
+    More {
+        reserve: usize,
+    },
 }
 
 /// Decodes one item from the front of `buf` (see [`super::decode`]).
@@ -81,14 +83,18 @@ fn line<'a>(
     pos: usize,
     limits: &Limits,
 ) -> Result<Option<(&'a [u8], usize)>, Error> {
-    let line_end = pos.saturating_add(cap(limits.header_line_bytes_max)).saturating_add(1);
+    let line_end = pos
+        .saturating_add(cap(limits.header_line_bytes_max))
+        .saturating_add(1);
     let frame_end = cap(limits.frame_bytes_max);
     let end = buf.len().min(line_end).min(frame_end);
     let window = &buf[pos.min(end)..end];
-    let r: nom::IResult<&[u8], &[u8], NomError> =
-        (streaming::take_till(|b| b == b'\n'), streaming::tag(&b"\n"[..]))
-            .map(|(l, _)| l)
-            .parse(window);
+    let r: nom::IResult<&[u8], &[u8], NomError> = (
+        streaming::take_till(|b| b == b'\n'),
+        streaming::tag(&b"\n"[..]),
+    )
+        .map(|(l, _)| l)
+        .parse(window);
     match r {
         Ok((rest, l)) => {
             let next = end - rest.len();

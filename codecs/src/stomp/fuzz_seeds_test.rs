@@ -21,7 +21,11 @@ fn seed_corpus_replays_at_every_version_limit_and_split() {
                     let r = std::panic::catch_unwind(|| {
                         fuzzing::check(stream, split, &fuzzing::limits(choice), version);
                     });
-                    assert!(r.is_ok(), "{}: {version:?}, limits {choice}, split {split}", path.display());
+                    assert!(
+                        r.is_ok(),
+                        "{}: {version:?}, limits {choice}, split {split}",
+                        path.display()
+                    );
                 }
             }
         }

@@ -57,7 +57,11 @@ impl Default for Limits {
 /// - `Ok(None)`: more bytes are needed; `buf`'s content is unchanged (capacity may be reserved
 ///   for a declared body, at most 1 MiB ahead).
 /// - `Err(e)`: the stream is unusable; answer with an ERROR frame (`message` = `e`) and close.
-pub fn decode(buf: &mut BytesMut, version: Version, limits: &Limits) -> Result<Option<Item>, Error> {
+pub fn decode(
+    buf: &mut BytesMut,
+    version: Version,
+    limits: &Limits,
+) -> Result<Option<Item>, Error> {
     decode::decode(buf, version, limits)
 }
 
@@ -166,6 +170,10 @@ pub mod fuzzing {
         let again = decode(&mut enc, version, &none)
             .unwrap_or_else(|e| panic!("re-encoded frame does not decode: {e}"));
         assert!(enc.is_empty(), "re-encoded frame left bytes behind");
-        assert_eq!(again, Some(Item::Frame(frame.clone())), "encode/decode changed the frame");
+        assert_eq!(
+            again,
+            Some(Item::Frame(frame.clone())),
+            "encode/decode changed the frame"
+        );
     }
 }

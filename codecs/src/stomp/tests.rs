@@ -127,7 +127,10 @@ fn partial_input_asks_for_more_and_keeps_the_buffer() {
     let data = b"SEND\ndestination:/queue/a\ncontent-length:3\n\na\0b\0";
     for n in 0..data.len() {
         let mut buf = BytesMut::from(&data[..n]);
-        assert_eq!(decode(&mut buf, Version::V1_2, &Limits::default()), Ok(None));
+        assert_eq!(
+            decode(&mut buf, Version::V1_2, &Limits::default()),
+            Ok(None)
+        );
         assert_eq!(&buf[..], &data[..n]);
     }
     let f = one(data, Version::V1_2);
@@ -158,7 +161,10 @@ fn heartbeat_eols_between_frames() {
     assert_eq!(got[3], Item::Heartbeat);
     // A lone CR could start a CRLF heart-beat: wait for the next byte.
     let mut buf = BytesMut::from(&b"\r"[..]);
-    assert_eq!(decode(&mut buf, Version::V1_2, &Limits::default()), Ok(None));
+    assert_eq!(
+        decode(&mut buf, Version::V1_2, &Limits::default()),
+        Ok(None)
+    );
 }
 
 #[test]
@@ -190,15 +196,24 @@ fn repeated_headers_first_wins_all_kept() {
 #[test]
 fn escaping_per_version() {
     let raw = b"SEND\nk\\cey:a\\nb\\\\c\\cd\n\n\0";
-    assert_eq!(one(raw, Version::V1_0).header("k\\cey"), Some("a\\nb\\\\c\\cd"));
+    assert_eq!(
+        one(raw, Version::V1_0).header("k\\cey"),
+        Some("a\\nb\\\\c\\cd")
+    );
     assert_eq!(one(raw, Version::V1_1).header("k:ey"), Some("a\nb\\c:d"));
     assert_eq!(one(raw, Version::V1_2).header("k:ey"), Some("a\nb\\c:d"));
     let cr = b"SEND\nk:a\\rb\n\n\0";
     assert_eq!(one(cr, Version::V1_2).header("k"), Some("a\rb"));
-    assert_eq!(err(cr, Version::V1_1, &Limits::default()), Error::InvalidEscape);
+    assert_eq!(
+        err(cr, Version::V1_1, &Limits::default()),
+        Error::InvalidEscape
+    );
     assert_eq!(one(cr, Version::V1_0).header("k"), Some("a\\rb"));
     for bad in [&b"SEND\nk:a\\tb\n\n\0"[..], b"SEND\nk:a\\\n\n\0"] {
-        assert_eq!(err(bad, Version::V1_2, &Limits::default()), Error::InvalidEscape);
+        assert_eq!(
+            err(bad, Version::V1_2, &Limits::default()),
+            Error::InvalidEscape
+        );
     }
 }
 
@@ -228,13 +243,19 @@ fn limits_have_distinct_errors() {
     };
     // A declared body over the limit is refused before it arrives.
     let declared = b"SEND\ncontent-length:1000\n\n";
-    assert_eq!(err(declared, Version::V1_2, &tiny), Error::FrameTooLarge { max: 64 });
+    assert_eq!(
+        err(declared, Version::V1_2, &tiny),
+        Error::FrameTooLarge { max: 64 }
+    );
     // Without content-length: as soon as 64 bytes hold no NUL.
     let mut open = b"SEND\n\n".to_vec();
     open.extend(std::iter::repeat_n(b'x', 58));
     let mut buf = BytesMut::from(&open[..63]);
     assert_eq!(decode(&mut buf, Version::V1_2, &tiny), Ok(None));
-    assert_eq!(err(&open, Version::V1_2, &tiny), Error::FrameTooLarge { max: 64 });
+    assert_eq!(
+        err(&open, Version::V1_2, &tiny),
+        Error::FrameTooLarge { max: 64 }
+    );
     // A frame of exactly the limit passes.
     let mut exact = b"SEND\n\n".to_vec();
     exact.extend(std::iter::repeat_n(b'x', 57));
@@ -251,7 +272,9 @@ fn limits_have_distinct_errors() {
         Error::LineTooLong { max: 24 }
     );
     assert_eq!(
-        one_with(b"SEND\nabcdefghijk:123456789012\n\n\0", &tiny).headers.len(),
+        one_with(b"SEND\nabcdefghijk:123456789012\n\n\0", &tiny)
+            .headers
+            .len(),
         1
     );
 }
@@ -269,7 +292,10 @@ fn malformed_frames() {
     let d = Limits::default();
     assert_eq!(err(b"FOO\n\n\0", Version::V1_2, &d), Error::UnknownCommand);
     assert_eq!(err(b"send\n\n\0", Version::V1_2, &d), Error::UnknownCommand);
-    assert_eq!(err(b"SEND\nnocolon\n\n\0", Version::V1_2, &d), Error::MalformedHeader);
+    assert_eq!(
+        err(b"SEND\nnocolon\n\n\0", Version::V1_2, &d),
+        Error::MalformedHeader
+    );
     assert_eq!(
         err(b"SEND\ncontent-length:x\n\n\0", Version::V1_2, &d),
         Error::InvalidContentLength
@@ -282,7 +308,10 @@ fn malformed_frames() {
         err(b"SEND\ncontent-length:1\n\nab\0", Version::V1_2, &d),
         Error::BodyNotTerminated
     );
-    assert_eq!(err(b"SEND\nk:\xff\n\n\0", Version::V1_2, &d), Error::InvalidUtf8);
+    assert_eq!(
+        err(b"SEND\nk:\xff\n\n\0", Version::V1_2, &d),
+        Error::InvalidUtf8
+    );
 }
 
 #[test]
@@ -299,18 +328,16 @@ fn encoder_escapes_and_round_trips() {
         &b"MESSAGE\ndestination:/queue/a\nk\\cey:a\\nb\\\\c\\cd\\re\ncontent-length:3\n\na\0b\0"[..]
     );
     assert_eq!(one(&out, Version::V1_2), frame);
-    // 1.1 has no \r escape: a CR inside a value goes as it is, one at the end cannot go.
+    // 1.1 has no \r escape: a CR goes as it is.
     let mut out = BytesMut::new();
     encode(&frame, Version::V1_1, &mut out).unwrap();
     assert_eq!(one(&out, Version::V1_1), frame);
-    let trailing = Frame::new(Command::Message).with("k", "v\r");
-    assert_eq!(
-        encode(&trailing, Version::V1_1, &mut BytesMut::new()),
-        Err(Error::Unrepresentable)
-    );
     // 1.0: no escaping at all, so no line break and no ':' in a name.
     let mut out = BytesMut::new();
-    assert_eq!(encode(&frame, Version::V1_0, &mut out), Err(Error::Unrepresentable));
+    assert_eq!(
+        encode(&frame, Version::V1_0, &mut out),
+        Err(Error::Unrepresentable)
+    );
     assert!(out.is_empty());
     assert!(!representable(Command::Message, Version::V1_0, "a:b", "v"));
     assert!(representable(Command::Message, Version::V1_0, "ab", "v:w"));
@@ -320,6 +347,23 @@ fn encoder_escapes_and_round_trips() {
         encode(&no_len, Version::V1_2, &mut BytesMut::new()),
         Err(Error::Unrepresentable)
     );
+}
+
+/// Found by the fuzzer: a value ending in CR (the line ended CR CR LF) could not be written
+/// back where CR is not escaped. The encoder now adds the CR the CRLF line end takes.
+#[test]
+fn value_ending_in_cr_round_trips() {
+    for v in fuzzing::VERSIONS {
+        let f = one(b"SEND\nn:/\r\r\r\nk:v\n\n\0", v);
+        assert_eq!(f.header("n"), Some("/\r\r"), "{v:?}");
+        let mut out = BytesMut::new();
+        encode(&f, v, &mut out).unwrap();
+        assert_eq!(one(&out, v), f, "{v:?}");
+    }
+    let connected = Frame::new(Command::Connected).with("server", "x\r");
+    let mut out = BytesMut::new();
+    encode(&connected, Version::V1_2, &mut out).unwrap();
+    assert_eq!(&out[..], b"CONNECTED\nserver:x\r\r\n\n\0");
 }
 
 #[test]
