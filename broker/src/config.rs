@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::{EngineConfig, User};
 use crate::protocol::amqp::AmqpConfig;
 use crate::protocol::mqtt::MqttConfig;
+use crate::protocol::stomp::StompConfig;
 
 /// One declared field: what the reference docs and the flag help are generated from.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +121,9 @@ section! {
         /// MQTT 3.1/3.1.1/5.0 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
         /// a free port; the log line `listening protocol=mqtt addr=IP:PORT` tells which.
         pub mqtt_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883))),
+        /// STOMP 1.0/1.1/1.2 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
+        /// a free port; the log line `listening protocol=stomp addr=IP:PORT` tells which.
+        pub stomp_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61613))),
         /// Virtual hosts that exist at start (more may come from the durable definitions).
         /// In the environment: comma-separated.
         pub vhosts: Vec<String> = vec!["/".to_string()],
@@ -146,6 +150,8 @@ section! {
         pub amqp: AmqpSection = AmqpSection::default(),
         /// MQTT protocol settings (the `[mqtt]` table).
         pub mqtt: MqttSection = MqttSection::default(),
+        /// STOMP protocol settings (the `[stomp]` table).
+        pub stomp: StompSection = StompSection::default(),
     }
 }
 
@@ -185,6 +191,34 @@ section! {
         /// Seconds between publishes of the `$SYS/broker/...` statistics (retained, as
         /// Mosquitto's `sys_interval`). 0: no `$SYS/` topics.
         pub sys_interval_secs: u64 = 10,
+    }
+}
+
+section! {
+    /// The `[stomp]` table: how STOMP clients log in, their limits and defaults (the names
+    /// follow RabbitMQ's STOMP plugin where it has the setting).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct StompSection {
+        /// Vhost of a CONNECT without a `host` header (RabbitMQ's `stomp.default_vhost`). A
+        /// `host` header names the vhost itself, and one that is not a vhost is refused.
+        pub vhost: String = "/".to_string(),
+        /// User a CONNECT without `login` logs in as (RabbitMQ's `stomp.default_user`). Empty:
+        /// such a CONNECT is refused with an ERROR frame.
+        pub default_user: String = String::new(),
+        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`).
+        pub frame_bytes_max: u64 = 4 << 20,
+        /// Most headers in one frame (RabbitMQ's `stomp.max_headers`).
+        pub header_count_max: u32 = 1000,
+        /// Longest command or header line (RabbitMQ's `stomp.max_header_length`).
+        pub header_line_bytes_max: u32 = 100 << 10,
+        /// Heart-beat interval offered in CONNECTED (both values): the server sends and expects
+        /// heart-beats at the larger of this and what the client asked for; a client silent
+        /// for twice the agreed interval is closed. 0 disables heart-beats.
+        pub heartbeat_ms: u32 = 1000,
+        /// Unacknowledged messages per subscription when SUBSCRIBE has no `prefetch-count`
+        /// header. 0 means no limit (ack auto subscriptions are still held to 1000 in flight).
+        pub prefetch_count: u32 = 1000,
     }
 }
 
@@ -294,7 +328,7 @@ pub struct ListenerSpec {
     pub listen: fn(&Config) -> Listen,
 }
 
-/// Every listener, in start order. Planned rows: stomp 61613, ws 15674, http 4566,
+/// Every listener, in start order. Planned rows: ws 15674, http 4566,
 /// management 15672, and the TLS ports.
 pub const LISTENERS: &[ListenerSpec] = &[
     ListenerSpec {
@@ -308,6 +342,12 @@ pub const LISTENERS: &[ListenerSpec] = &[
         key: "mqtt_listen",
         flag: "mqtt-listen",
         listen: |c| c.mqtt_listen,
+    },
+    ListenerSpec {
+        protocol: "stomp",
+        key: "stomp_listen",
+        flag: "stomp-listen",
+        listen: |c| c.stomp_listen,
     },
 ];
 
@@ -711,6 +751,21 @@ impl Config {
                 self.mqtt.packet_bytes_max
             ));
         }
+        if self.stomp.frame_bytes_max < 64 {
+            errors.push(format!(
+                "stomp.frame_bytes_max: {} is below the minimum 64",
+                self.stomp.frame_bytes_max
+            ));
+        }
+        if self.stomp.header_count_max == 0 {
+            errors.push("stomp.header_count_max: must be at least 1".to_string());
+        }
+        if self.stomp.header_line_bytes_max < 64 {
+            errors.push(format!(
+                "stomp.header_line_bytes_max: {} is below the minimum 64",
+                self.stomp.header_line_bytes_max
+            ));
+        }
         if self.amqp.channel_max == 0 {
             errors.push("amqp.channel_max: must be 1 to 65535".to_string());
         }
@@ -795,6 +850,22 @@ impl Config {
         }
     }
 
+    /// The STOMP sessions' part of the configuration.
+    pub fn stomp_config(&self) -> StompConfig {
+        StompConfig {
+            vhost: self.stomp.vhost.clone(),
+            default_user: (!self.stomp.default_user.is_empty())
+                .then(|| self.stomp.default_user.clone()),
+            limits: codecs::stomp::Limits {
+                frame_bytes_max: usize::try_from(self.stomp.frame_bytes_max).unwrap_or(usize::MAX),
+                header_count_max: self.stomp.header_count_max as usize,
+                header_line_bytes_max: self.stomp.header_line_bytes_max as usize,
+            },
+            heartbeat_ms: self.stomp.heartbeat_ms,
+            prefetch_count: self.stomp.prefetch_count,
+        }
+    }
+
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -839,6 +910,7 @@ fn field_doc(key: &str) -> Option<&'static FieldDoc> {
     let (fields, name) = match key.split_once('.') {
         Some(("amqp", rest)) => (AmqpSection::FIELDS, rest),
         Some(("mqtt", rest)) => (MqttSection::FIELDS, rest),
+        Some(("stomp", rest)) => (StompSection::FIELDS, rest),
         Some(_) => return None,
         None => (Config::FIELDS, key),
     };
@@ -930,6 +1002,20 @@ pub fn reference_markdown() -> String {
         out.push_str(&format!(
             "| `{key}` | {} | {} | {} |\n",
             cell(shown(f, mqtt.and_then(|t| t.get(f.name)))),
+            env_of(&key),
+            cell(f.text())
+        ));
+    }
+
+    out.push_str("\n### `[stomp]`\n\n");
+    out.push_str("| Key | Default | Environment | Meaning |\n");
+    out.push_str("| --- | --- | --- | --- |\n");
+    let stomp = defaults.get("stomp").and_then(toml::Value::as_table);
+    for f in StompSection::FIELDS {
+        let key = format!("stomp.{}", f.name);
+        out.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            cell(shown(f, stomp.and_then(|t| t.get(f.name)))),
             env_of(&key),
             cell(f.text())
         ));

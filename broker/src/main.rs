@@ -21,6 +21,7 @@ use wharf::engine::Engine;
 use wharf::net::{self, BoundListener, Listeners};
 use wharf::protocol::amqp::{self, AmqpContext};
 use wharf::protocol::mqtt::{self, MqttContext};
+use wharf::protocol::stomp::{self, StompContext};
 
 /// How long tasks still running after shutdown (connections past the timeout) get to be
 /// dropped before the process exits anyway.
@@ -134,6 +135,10 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    let stomp_ctx = Arc::new(StompContext {
+        engine: engine.clone(),
+        config: config.stomp_config(),
+    });
     for b in bound {
         match b.protocol() {
             "amqp" => {
@@ -146,6 +151,12 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 let ctx = mqtt_ctx.clone();
                 listeners.serve(b, move |stream, peer, token| {
                     mqtt::serve(stream, peer, ctx.clone(), token)
+                });
+            }
+            "stomp" => {
+                let ctx = stomp_ctx.clone();
+                listeners.serve(b, move |stream, peer, token| {
+                    stomp::serve(stream, peer, ctx.clone(), token)
                 });
             }
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
@@ -167,6 +178,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     drop(amqp_ctx);
     drop(mqtt_ctx);
+    drop(stomp_ctx);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())

@@ -1,3 +1,4 @@
 //! Protocol sessions.
 pub mod amqp;
 pub mod mqtt;
+pub mod stomp;
