@@ -1,7 +1,7 @@
 //! Test harness: starts a real wharf process on ephemeral ports.
 //!
 //! [`Broker::start`] runs `$WHARF_BIN` (default `<repo>/target/release/wharf`) with a fresh data
-//! directory, `--amqp-listen 127.0.0.1:0` and `--mqtt-listen 127.0.0.1:0`, and reads the ports
+//! directory, `--amqp-listen 127.0.0.1:0`, `--mqtt-listen 127.0.0.1:0` (and `--stomp-listen`), and reads the ports
 //! from the `listening protocol=amqp addr=IP:PORT` and `listening protocol=mqtt addr=IP:PORT`
 //! lines on its stderr. The log is kept and printed when a
 //! test panics while the broker is alive.
@@ -168,6 +168,9 @@ impl Broker {
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
             .arg("--mqtt-listen")
+            .arg("127.0.0.1:0")
+            // Never the fixed 61613: tests run several brokers at once.
+            .arg("--stomp-listen")
             .arg("127.0.0.1:0")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
