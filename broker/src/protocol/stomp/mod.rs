@@ -187,6 +187,14 @@ pub async fn serve<S>(
     }
     s.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+    // Lingering close: bytes the client sent after what we refused are read and dropped until
+    // it closes too (up to a second), so the kernel does not answer them with a reset that
+    // could destroy the ERROR frame before the client reads it.
+    let _ = tokio::time::timeout(CLOSE_GRACE / 3, async {
+        let mut sink = [0u8; 8192];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn drain_events(s: &mut Session) {
