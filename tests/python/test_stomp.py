@@ -15,7 +15,7 @@ import pytest
 import stomp
 from stomp.exception import ConnectFailedException
 
-from conftest import EXTERNAL_URL
+from conftest import EXTERNAL_URL, WharfProcess
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL_URL), reason="STOMP tests need a wharf of their own")
 
@@ -601,3 +601,45 @@ def test_invalid_escape_is_fine_in_1_0(broker, bystander):
     msg = read_frame(s)
     assert msg.startswith(b"MESSAGE") and b"k:a\\tb" in msg
     s.close()
+
+
+# -- memory alarm ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def low_memory_broker(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHARF_MEMORY_HIGH_WATERMARK_BYTES", "200000")
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        yield b
+    finally:
+        b.stop_quietly()
+
+
+def test_memory_alarm_blocks_stomp_publishers(low_memory_broker):
+    b = low_memory_broker
+    q = name("mem")
+    pub = Client(b, "1.2")
+    body = "x" * 1024
+    for _ in range(300):
+        pub.c.send(f"/queue/{q}", body)
+    # Over the high-water mark: the publisher is not read from, so this receipt waits.
+    pub.c.send(f"/queue/{q}", "blocked", headers={"receipt": "late"})
+    with pytest.raises(queue.Empty):
+        pub.l.receipts.get(timeout=1.5)
+    assert "memory alarm: STOMP publisher blocked" in b.log_text()
+    # A connection that does not publish still works and drains the queue.
+    drain = Client(b, "1.2")
+    drain.subscribe(f"/queue/{q}", "1")
+    got = 0
+    while True:
+        m = drain.l.messages.get(timeout=20)
+        got += 1
+        if m.body == "blocked":
+            break
+    assert got == 301
+    # The alarm cleared: the publisher was read again and gets its receipt.
+    assert pub.l.receipts.get(timeout=WAIT) == "late"
+    assert "memory alarm: STOMP publisher unblocked" in b.log_text()
+    pub.close()
+    drain.close()

@@ -129,7 +129,9 @@ pub async fn serve<S>(
             .recv_every
             .filter(|_| open && !blocked)
             .map(|d| d * HEARTBEAT_TOLERANCE);
-        let send_every = s.send_every.filter(|_| open);
+        // Only while nothing is waiting to be written: a pending write is traffic already, and
+        // a deadline in the past would spin the loop while a slow reader holds it up.
+        let send_every = s.send_every.filter(|_| open && s.out.is_empty());
         let mut deadline = Instant::now() + Duration::from_secs(3600);
         if s.phase == Phase::Connecting {
             deadline = deadline.min(started + CONNECT_TIMEOUT);
@@ -178,7 +180,7 @@ pub async fn serve<S>(
                 }
                 if recv_limit.is_some_and(|r| now >= last_recv + r) {
                     s.on_heartbeat_timeout();
-                } else if send_every.is_some_and(|e| now >= last_send + e) && s.out.is_empty() {
+                } else if send_every.is_some_and(|e| now >= last_send + e) {
                     // A heart-beat: one EOL.
                     s.out.extend_from_slice(b"\n");
                 }

@@ -683,3 +683,30 @@ async fn user_id_must_be_the_login() {
     .await;
     c.expect_error("Invalid header").await;
 }
+
+/// A subscriber that does not read: deliveries stop at the output high-water mark and the
+/// ack-auto window, the rest waits in the queue; all of it arrives once it reads.
+#[tokio::test]
+async fn slow_reader_leaves_messages_in_the_queue() {
+    let b = Broker::new();
+    let mut c = b.connect(Version::V1_2).await;
+    c.subscribe("/queue/slow", "s", "auto").await;
+    let v = b.ctx.engine.vhost("/").unwrap();
+    let body = Bytes::from(vec![b'x'; 1024]);
+    const N: usize = 5000;
+    for _ in 0..N {
+        v.publish("", Message::new("", "slow", body.clone()))
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let q = v.queue("slow", 0).unwrap();
+    // At most ~1 MiB in the pipe, ~1 MiB of output and the 1000-message window are out.
+    assert!(q.message_count() > 1000, "only {} left", q.message_count());
+    let mut got = 0;
+    while got < N {
+        let m = c.message().await;
+        assert_eq!(m.body.len(), 1024);
+        got += 1;
+    }
+    assert_eq!(q.message_count(), 0);
+}
