@@ -32,6 +32,7 @@ use crate::engine::{EngineConfig, User};
 use crate::net::tls::TlsSettings;
 use crate::protocol::amqp::AmqpConfig;
 use crate::protocol::mqtt::MqttConfig;
+use crate::protocol::stomp::StompConfig;
 
 /// One declared field: what the reference docs and the flag help are generated from.
 #[derive(Debug, Clone, Copy)]
@@ -121,15 +122,21 @@ section! {
         /// MQTT 3.1/3.1.1/5.0 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
         /// a free port; the log line `listening protocol=mqtt addr=IP:PORT` tells which.
         pub mqtt_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883))),
+        /// STOMP 1.0/1.1/1.2 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
+        /// a free port; the log line `listening protocol=stomp addr=IP:PORT` tells which.
+        pub stomp_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61613))),
         /// AMQP 0-9-1 over TLS (AMQPS) listener address, as `amqp_listen`. Starts only when
         /// `tls.cert_file` and `tls.key_file` are set; logs `listening protocol=amqps`.
         pub amqps_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5671))),
         /// MQTT over TLS listener address, as `mqtt_listen`. Starts only when `tls.cert_file`
         /// and `tls.key_file` are set; logs `listening protocol=mqtts`.
         pub mqtts_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8883))),
+        /// STOMP over TLS listener address, as `stomp_listen`. Starts only when `tls.cert_file`
+        /// and `tls.key_file` are set; logs `listening protocol=stomps`.
+        pub stomps_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61614))),
         /// WebSocket listener address (RabbitMQ's Web STOMP port): one listener for every
         /// protocol over WebSocket, on the path `/ws`, picked by the client's subprotocol
-        /// (`mqtt`, `mqttv3.1`). Logs `listening protocol=ws`.
+        /// (`mqtt`, `mqttv3.1`, `v10.stomp`, `v11.stomp`, `v12.stomp`). Logs `listening protocol=ws`.
         pub ws_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15674))),
         /// WebSocket over TLS listener address (RabbitMQ's Web STOMP TLS port), as `ws_listen`.
         /// Starts only when `tls.cert_file` and `tls.key_file` are set; logs
@@ -161,6 +168,8 @@ section! {
         pub amqp: AmqpSection = AmqpSection::default(),
         /// MQTT protocol settings (the `[mqtt]` table).
         pub mqtt: MqttSection = MqttSection::default(),
+        /// STOMP protocol settings (the `[stomp]` table).
+        pub stomp: StompSection = StompSection::default(),
         /// TLS settings of the TLS listeners (the `[tls]` table).
         pub tls: TlsSection = TlsSection::default(),
     }
@@ -168,7 +177,7 @@ section! {
 
 section! {
     /// The `[tls]` table: the certificate of the TLS listeners (`amqps_listen`, `mqtts_listen`,
-    /// `wss_listen`) and how client certificates are checked. Development certificates:
+    /// `stomps_listen`, `wss_listen`) and how client certificates are checked. Development certificates:
     /// `wharf certs` (certs/README.md).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
@@ -234,6 +243,34 @@ section! {
         /// Seconds between publishes of the `$SYS/broker/...` statistics (retained, as
         /// Mosquitto's `sys_interval`). 0: no `$SYS/` topics.
         pub sys_interval_secs: u64 = 10,
+    }
+}
+
+section! {
+    /// The `[stomp]` table: how STOMP clients log in, their limits and defaults (the names
+    /// follow RabbitMQ's STOMP plugin where it has the setting).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct StompSection {
+        /// Vhost of a CONNECT without a `host` header (RabbitMQ's `stomp.default_vhost`). A
+        /// `host` header names the vhost itself, and one that is not a vhost is refused.
+        pub vhost: String = "/".to_string(),
+        /// User a CONNECT without `login` logs in as (RabbitMQ's `stomp.default_user`). Empty:
+        /// such a CONNECT is refused with an ERROR frame.
+        pub default_user: String = String::new(),
+        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`).
+        pub frame_bytes_max: u64 = 4 << 20,
+        /// Most headers in one frame (RabbitMQ's `stomp.max_headers`).
+        pub header_count_max: u32 = 1000,
+        /// Longest command or header line (RabbitMQ's `stomp.max_header_length`).
+        pub header_line_bytes_max: u32 = 100 << 10,
+        /// Heart-beat interval offered in CONNECTED (both values): the server sends and expects
+        /// heart-beats at the larger of this and what the client asked for; a client silent
+        /// for twice the agreed interval is closed. 0 disables heart-beats.
+        pub heartbeat_ms: u32 = 1000,
+        /// Unacknowledged messages per subscription when SUBSCRIBE has no `prefetch-count`
+        /// header. 0 means no limit (ack auto subscriptions are still held to 1000 in flight).
+        pub prefetch_count: u32 = 1000,
     }
 }
 
@@ -345,8 +382,8 @@ pub struct ListenerSpec {
     pub tls: bool,
 }
 
-/// Every listener, in start order. Planned rows: stomp 61613, stomps 61614 (`tls: true`),
-/// http 4566, management 15672. main.rs has the serve arm of each.
+/// Every listener, in start order. Planned rows: http 4566, management 15672. main.rs has
+/// the serve arm of each.
 pub const LISTENERS: &[ListenerSpec] = &[
     ListenerSpec {
         protocol: "amqp",
@@ -363,6 +400,13 @@ pub const LISTENERS: &[ListenerSpec] = &[
         tls: false,
     },
     ListenerSpec {
+        protocol: "stomp",
+        key: "stomp_listen",
+        flag: "stomp-listen",
+        listen: |c| c.stomp_listen,
+        tls: false,
+    },
+    ListenerSpec {
         protocol: "amqps",
         key: "amqps_listen",
         flag: "amqps-listen",
@@ -374,6 +418,13 @@ pub const LISTENERS: &[ListenerSpec] = &[
         key: "mqtts_listen",
         flag: "mqtts-listen",
         listen: |c| c.mqtts_listen,
+        tls: true,
+    },
+    ListenerSpec {
+        protocol: "stomps",
+        key: "stomps_listen",
+        flag: "stomps-listen",
+        listen: |c| c.stomps_listen,
         tls: true,
     },
     ListenerSpec {
@@ -808,6 +859,21 @@ impl Config {
                 self.mqtt.packet_bytes_max
             ));
         }
+        if self.stomp.frame_bytes_max < 64 {
+            errors.push(format!(
+                "stomp.frame_bytes_max: {} is below the minimum 64",
+                self.stomp.frame_bytes_max
+            ));
+        }
+        if self.stomp.header_count_max == 0 {
+            errors.push("stomp.header_count_max: must be at least 1".to_string());
+        }
+        if self.stomp.header_line_bytes_max < 64 {
+            errors.push(format!(
+                "stomp.header_line_bytes_max: {} is below the minimum 64",
+                self.stomp.header_line_bytes_max
+            ));
+        }
         if self.amqp.channel_max == 0 {
             errors.push("amqp.channel_max: must be 1 to 65535".to_string());
         }
@@ -944,6 +1010,22 @@ impl Config {
         std::time::Duration::from_secs(self.tls.handshake_timeout_secs)
     }
 
+    /// The STOMP sessions' part of the configuration.
+    pub fn stomp_config(&self) -> StompConfig {
+        StompConfig {
+            vhost: self.stomp.vhost.clone(),
+            default_user: (!self.stomp.default_user.is_empty())
+                .then(|| self.stomp.default_user.clone()),
+            limits: codecs::stomp::Limits {
+                frame_bytes_max: usize::try_from(self.stomp.frame_bytes_max).unwrap_or(usize::MAX),
+                header_count_max: self.stomp.header_count_max as usize,
+                header_line_bytes_max: self.stomp.header_line_bytes_max as usize,
+            },
+            heartbeat_ms: self.stomp.heartbeat_ms,
+            prefetch_count: self.stomp.prefetch_count,
+        }
+    }
+
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -984,12 +1066,17 @@ fn defaults_table() -> toml::Table {
 }
 
 /// The declared field for a dotted key (`amqp.heartbeat_secs`).
+/// The `[section]` tables of plain options, in the order the reference docs list them.
+const SECTIONS: &[(&str, &[FieldDoc])] = &[
+    ("amqp", AmqpSection::FIELDS),
+    ("mqtt", MqttSection::FIELDS),
+    ("stomp", StompSection::FIELDS),
+    ("tls", TlsSection::FIELDS),
+];
+
 fn field_doc(key: &str) -> Option<&'static FieldDoc> {
     let (fields, name) = match key.split_once('.') {
-        Some(("amqp", rest)) => (AmqpSection::FIELDS, rest),
-        Some(("mqtt", rest)) => (MqttSection::FIELDS, rest),
-        Some(("tls", rest)) => (TlsSection::FIELDS, rest),
-        Some(_) => return None,
+        Some((section, rest)) => (SECTIONS.iter().find(|(s, _)| *s == section)?.1, rest),
         None => (Config::FIELDS, key),
     };
     fields.iter().find(|f| f.name == name)
@@ -1057,46 +1144,20 @@ pub fn reference_markdown() -> String {
         ));
     }
 
-    out.push_str("\n### `[amqp]`\n\n");
-    out.push_str("| Key | Default | Environment | Meaning |\n");
-    out.push_str("| --- | --- | --- | --- |\n");
-    let amqp = defaults.get("amqp").and_then(toml::Value::as_table);
-    for f in AmqpSection::FIELDS {
-        let key = format!("amqp.{}", f.name);
-        out.push_str(&format!(
-            "| `{key}` | {} | {} | {} |\n",
-            cell(shown(f, amqp.and_then(|t| t.get(f.name)))),
-            env_of(&key),
-            cell(f.text())
-        ));
-    }
-
-    out.push_str("\n### `[mqtt]`\n\n");
-    out.push_str("| Key | Default | Environment | Meaning |\n");
-    out.push_str("| --- | --- | --- | --- |\n");
-    let mqtt = defaults.get("mqtt").and_then(toml::Value::as_table);
-    for f in MqttSection::FIELDS {
-        let key = format!("mqtt.{}", f.name);
-        out.push_str(&format!(
-            "| `{key}` | {} | {} | {} |\n",
-            cell(shown(f, mqtt.and_then(|t| t.get(f.name)))),
-            env_of(&key),
-            cell(f.text())
-        ));
-    }
-
-    out.push_str("\n### `[tls]`\n\n");
-    out.push_str("| Key | Default | Environment | Meaning |\n");
-    out.push_str("| --- | --- | --- | --- |\n");
-    let tls = defaults.get("tls").and_then(toml::Value::as_table);
-    for f in TlsSection::FIELDS {
-        let key = format!("tls.{}", f.name);
-        out.push_str(&format!(
-            "| `{key}` | {} | {} | {} |\n",
-            cell(shown(f, tls.and_then(|t| t.get(f.name)))),
-            env_of(&key),
-            cell(f.text())
-        ));
+    for (section, fields) in SECTIONS {
+        out.push_str(&format!("\n### `[{section}]`\n\n"));
+        out.push_str("| Key | Default | Environment | Meaning |\n");
+        out.push_str("| --- | --- | --- | --- |\n");
+        let table = defaults.get(*section).and_then(toml::Value::as_table);
+        for f in *fields {
+            let key = format!("{section}.{}", f.name);
+            out.push_str(&format!(
+                "| `{key}` | {} | {} | {} |\n",
+                cell(shown(f, table.and_then(|t| t.get(f.name)))),
+                env_of(&key),
+                cell(f.text())
+            ));
+        }
     }
 
     out.push_str("\n### `[[users]]`\n\n");

@@ -25,8 +25,10 @@ use wharf::engine::Engine;
 use wharf::net::tls::Tls;
 use wharf::net::ws::{self, WsProtocol};
 use wharf::net::{self, BoundListener, Listeners, Peer};
-use wharf::protocol::amqp::{self, AmqpContext};
-use wharf::protocol::mqtt::{self, MqttContext};
+use wharf::protocol::amqp::AmqpContext;
+use wharf::protocol::mqtt::MqttContext;
+use wharf::protocol::stomp::StompContext;
+use wharf::protocol::Service;
 
 /// How long tasks still running after shutdown (connections past the timeout) get to be
 /// dropped before the process exits anyway.
@@ -127,33 +129,58 @@ fn make_certs(args: &wharf_certs::CertsArgs) -> ExitCode {
     }
 }
 
+/// Starts accepting on `b` for `service`, each connection after a TLS handshake when `tls` is
+/// given (the handshake runs in the connection's own task, never in the accept loop).
+fn listen<P: Service>(
+    listeners: &mut Listeners,
+    b: BoundListener,
+    service: Arc<P>,
+    tls: Option<Arc<Tls>>,
+) {
+    listeners.serve(b, move |tcp, addr, token| {
+        let (service, tls) = (service.clone(), tls.clone());
+        async move {
+            match tls {
+                None => service.serve(tcp, Peer::from(addr), token).await,
+                Some(tls) => {
+                    if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
+                        service.serve(stream, peer, token).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// The sessions a WebSocket connection can be handed to, by subprotocol.
 struct WsServices {
     mqtt: Arc<MqttContext>,
+    stomp: Arc<StompContext>,
     handshake_timeout: Duration,
 }
 
-/// Upgrades `stream` to WebSocket and runs the session of the subprotocol the client picked.
-/// STOMP: add `WsProtocol::Stomp => stomp::serve(stream, peer, svc.stomp.clone(), token).await`
-/// once net/ws.rs maps v1x.stomp to it.
-async fn serve_websocket<S>(stream: S, peer: Peer, svc: Arc<WsServices>, token: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let accepted = tokio::select! {
-        () = token.cancelled() => return,
-        r = ws::accept(stream, svc.handshake_timeout) => r,
-    };
-    let (stream, protocol, subprotocol) = match accepted {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::info!(error = %e, "WebSocket upgrade refused");
-            return;
+impl Service for WsServices {
+    /// Upgrades `stream` to WebSocket and runs the session of the subprotocol the client picked.
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: Peer, token: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let accepted = tokio::select! {
+            () = token.cancelled() => return,
+            r = ws::accept(stream, self.handshake_timeout) => r,
+        };
+        let (stream, protocol, subprotocol) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, "WebSocket upgrade refused");
+                return;
+            }
+        };
+        tracing::debug!(subprotocol = %subprotocol, "WebSocket upgraded");
+        match protocol {
+            WsProtocol::Mqtt => self.mqtt.clone().serve(stream, peer, token).await,
+            WsProtocol::Stomp => self.stomp.clone().serve(stream, peer, token).await,
         }
-    };
-    tracing::debug!(subprotocol = %subprotocol, "WebSocket upgraded");
-    match protocol {
-        WsProtocol::Mqtt => mqtt::serve(stream, peer, svc.mqtt.clone(), token).await,
     }
 }
 
@@ -170,14 +197,15 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         "starting"
     );
 
-    let mut bound: Vec<BoundListener> = Vec::new();
+    // Each bound listener, with whether it is a TLS row.
+    let mut bound: Vec<(BoundListener, bool)> = Vec::new();
     for spec in LISTENERS {
         match (spec.listen)(&config).addr() {
             Some(_) if spec.tls && tls.is_none() => tracing::info!(
                 protocol = %spec.protocol,
                 "listener off: no TLS certificate (set tls.cert_file and tls.key_file)"
             ),
-            Some(addr) => bound.push(net::bind(spec.protocol, addr)?),
+            Some(addr) => bound.push((net::bind(spec.protocol, addr)?, spec.tls)),
             None => tracing::info!(protocol = %spec.protocol, "listener off"),
         }
     }
@@ -202,69 +230,28 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    let stomp_ctx = Arc::new(StompContext {
+        engine: engine.clone(),
+        config: config.stomp_config(),
+    });
     let ws_services = Arc::new(WsServices {
         mqtt: mqtt_ctx.clone(),
+        stomp: stomp_ctx.clone(),
         handshake_timeout: config.ws_handshake_timeout(),
     });
-    // Only TLS rows are bound without a certificate (see above), so this is set for them.
     let tls = tls.map(Arc::new);
-    let tls_of = |protocol: &str| {
-        tls.clone()
-            .unwrap_or_else(|| unreachable!("TLS listener {protocol} bound without a certificate"))
-    };
-    for b in bound {
+    for (b, is_tls) in bound {
+        let tls = match (is_tls, &tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls.clone()),
+            // TLS rows are bound only when a certificate is configured (see above).
+            (true, None) => unreachable!("{} bound without a certificate", b.protocol()),
+        };
         match b.protocol() {
-            "amqp" => {
-                let ctx = amqp_ctx.clone();
-                listeners.serve(b, move |stream, peer, token| {
-                    amqp::serve(stream, peer, ctx.clone(), token)
-                });
-            }
-            "mqtt" => {
-                let ctx = mqtt_ctx.clone();
-                listeners.serve(b, move |stream, peer, token| {
-                    mqtt::serve(stream, peer, ctx.clone(), token)
-                });
-            }
-            "amqps" => {
-                let (ctx, tls) = (amqp_ctx.clone(), tls_of("amqps"));
-                listeners.serve(b, move |tcp, addr, token| {
-                    let (ctx, tls) = (ctx.clone(), tls.clone());
-                    async move {
-                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
-                            amqp::serve(stream, peer, ctx, token).await;
-                        }
-                    }
-                });
-            }
-            "mqtts" => {
-                let (ctx, tls) = (mqtt_ctx.clone(), tls_of("mqtts"));
-                listeners.serve(b, move |tcp, addr, token| {
-                    let (ctx, tls) = (ctx.clone(), tls.clone());
-                    async move {
-                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
-                            mqtt::serve(stream, peer, ctx, token).await;
-                        }
-                    }
-                });
-            }
-            "ws" => {
-                let svc = ws_services.clone();
-                listeners.serve(b, move |tcp, addr, token| {
-                    serve_websocket(tcp, Peer::from(addr), svc.clone(), token)
-                });
-            }
-            "wss" => {
-                let (svc, tls) = (ws_services.clone(), tls_of("wss"));
-                listeners.serve(b, move |tcp, addr, token| {
-                    let (svc, tls) = (svc.clone(), tls.clone());
-                    async move {
-                        if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
-                            serve_websocket(stream, peer, svc, token).await;
-                        }
-                    }
-                });
-            }
+            "amqp" | "amqps" => listen(&mut listeners, b, amqp_ctx.clone(), tls),
+            "mqtt" | "mqtts" => listen(&mut listeners, b, mqtt_ctx.clone(), tls),
+            "stomp" | "stomps" => listen(&mut listeners, b, stomp_ctx.clone(), tls),
+            "ws" | "wss" => listen(&mut listeners, b, ws_services.clone(), tls),
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
         }
     }
@@ -284,6 +271,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     }
     drop(amqp_ctx);
     drop(mqtt_ctx);
+    drop(stomp_ctx);
     drop(ws_services);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());

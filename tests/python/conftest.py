@@ -31,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("WHARF_TEST_AMQP_URL") or None
 LISTEN_RE = re.compile(r"listening protocol=amqp addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
-MQTT_LISTEN_RE = re.compile(r"listening protocol=mqtt addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
-# Every listener: amqp, mqtt, amqps, mqtts, ws, wss.
+# Every listener: amqp, mqtt, stomp, amqps, mqtts, stomps, ws, wss.
 ANY_LISTEN_RE = re.compile(r"listening protocol=(\w+) addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 # Listeners on in every test broker; the TLS ones only when a certificate is configured.
-PLAIN_PROTOCOLS = ("amqp", "mqtt", "ws")
-TLS_PROTOCOLS = ("amqps", "mqtts", "wss")
+PLAIN_PROTOCOLS = ("amqp", "mqtt", "stomp", "ws")
+TLS_PROTOCOLS = ("amqps", "mqtts", "stomps", "wss")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -59,6 +58,7 @@ class BrokerBase:
     host = "127.0.0.1"
     port = None
     mqtt_port = None
+    stomp_port = None
     vhost = "/"
     user = "guest"
     password = "guest"
@@ -118,7 +118,7 @@ class WharfProcess(BrokerBase):
         self.proc = None
         self.port = None
         self.mqtt_port = None
-        self._mqtt_box = []
+        self.stomp_port = None
         self._log = []
         self._log_lock = threading.Lock()
         self.starts = 0
@@ -129,9 +129,6 @@ class WharfProcess(BrokerBase):
             line = ANSI_RE.sub("", raw.decode(errors="replace").rstrip("\n"))
             with self._log_lock:
                 self._log.append(line)
-            m = MQTT_LISTEN_RE.search(line)
-            if m:
-                self._mqtt_box.append(int(m.group(2)))
             m = ANY_LISTEN_RE.search(line)
             if m:
                 self.ports.setdefault(m.group(1), int(m.group(3)))
@@ -178,12 +175,16 @@ class WharfProcess(BrokerBase):
                 "127.0.0.1:0",
                 "--mqtt-listen",
                 "127.0.0.1:0",
+                "--stomp-listen",
+                "127.0.0.1:0",
                 "--ws-listen",
                 "127.0.0.1:0",
                 # Off (logged so) unless the environment configures a certificate.
                 "--amqps-listen",
                 "127.0.0.1:0",
                 "--mqtts-listen",
+                "127.0.0.1:0",
+                "--stomps-listen",
                 "127.0.0.1:0",
                 "--wss-listen",
                 "127.0.0.1:0",
@@ -195,7 +196,6 @@ class WharfProcess(BrokerBase):
         )
         _live_processes.add(proc)
         found, port_box = threading.Event(), []
-        self._mqtt_box = []
         self._thread = threading.Thread(target=self._reader, args=(proc, found, port_box), daemon=True)
         self._thread.start()
         self.proc = proc
@@ -223,7 +223,8 @@ class WharfProcess(BrokerBase):
             and proc.poll() is None
         ):
             time.sleep(0.01)
-        self.mqtt_port = self._mqtt_box[0] if self._mqtt_box else None
+        self.mqtt_port = self.ports.get("mqtt")
+        self.stomp_port = self.ports.get("stomp")
         return self
 
     @property

@@ -1,7 +1,7 @@
 //! Test harness: starts a real wharf process on ephemeral ports.
 //!
 //! [`Broker::start`] runs `$WHARF_BIN` (default `<repo>/target/release/wharf`) with a fresh data
-//! directory, `--amqp-listen 127.0.0.1:0` and `--mqtt-listen 127.0.0.1:0`, and reads the ports
+//! directory, `--amqp-listen 127.0.0.1:0`, `--mqtt-listen 127.0.0.1:0` (and `--stomp-listen`), and reads the ports
 //! from the `listening protocol=amqp addr=IP:PORT` and `listening protocol=mqtt addr=IP:PORT`
 //! lines on its stderr. The log is kept and printed when a
 //! test panics while the broker is alive.
@@ -217,11 +217,15 @@ impl Broker {
             .arg("127.0.0.1:0")
             .arg("--mqtt-listen")
             .arg("127.0.0.1:0")
+            // Never the fixed 61613: tests run several brokers at once.
+            .arg("--stomp-listen")
+            .arg("127.0.0.1:0")
             // Not used here, but on by default: a fixed port would clash between test brokers.
             .arg("--ws-listen")
             .arg("127.0.0.1:0")
             .args(["--amqps-listen", "127.0.0.1:0"])
             .args(["--mqtts-listen", "127.0.0.1:0"])
+            .args(["--stomps-listen", "127.0.0.1:0"])
             .args(["--wss-listen", "127.0.0.1:0"])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("NO_COLOR", "1")

@@ -12,9 +12,8 @@
 //! which drops a request that is not an upgrade without any HTTP answer; tungstenite does the
 //! framing (masking, fragmentation, ping/pong, close) once the upgrade is answered.
 //!
-//! Adding STOMP (v10.stomp, v11.stomp, v12.stomp): add `WsProtocol::Stomp` (text frames
-//! allowed), map the three names to it in [`protocol_for`] instead of answering "not offered",
-//! and add the match arm calling `stomp::serve` in main.rs `serve_websocket`.
+//! Adding a protocol: a [`WsProtocol`] variant, its names in [`protocol_for`] and [`OFFERED`],
+//! and its arm in main.rs (`WsServices`).
 
 use std::io;
 use std::pin::Pin;
@@ -43,36 +42,33 @@ const REQUEST_HEADERS_MAX: usize = 48;
 pub enum WsProtocol {
     /// MQTT 3.1/3.1.1/5.0: subprotocols `mqtt` (3.1.1 and 5.0, MQTT-6.0.0-3) and `mqttv3.1`.
     Mqtt,
+    /// STOMP 1.0/1.1/1.2: subprotocols `v10.stomp`, `v11.stomp`, `v12.stomp` (as RabbitMQ's Web
+    /// STOMP). The STOMP version itself is still negotiated by CONNECT's accept-version.
+    Stomp,
 }
+
+/// The subprotocols served, for the refusal message.
+const OFFERED: &str = "mqtt, mqttv3.1, v12.stomp, v11.stomp, v10.stomp";
 
 impl WsProtocol {
     /// Whether text messages carry protocol bytes too. MQTT: binary only; a text message closes
-    /// the connection (MQTT-6.0.0-1). STOMP will take both.
+    /// the connection (MQTT-6.0.0-1). STOMP frames are text and come in either kind of message
+    /// (STOMP.js sends text, binary when a body holds NULs).
     fn text_allowed(self) -> bool {
         match self {
             WsProtocol::Mqtt => false,
+            WsProtocol::Stomp => true,
         }
     }
 }
 
-/// What a subprotocol name selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subprotocol {
-    Served(WsProtocol),
-    /// A name this broker knows but does not serve (yet): refused like an unknown one, with a
-    /// clearer message.
-    NotOffered,
-    Unknown,
-}
-
-/// Subprotocol names are case-insensitive (RFC 6455 says they are tokens; clients send them
-/// lower case).
-pub fn protocol_for(name: &str) -> Subprotocol {
+/// The protocol a subprotocol name selects, if this broker serves it. Names are
+/// case-insensitive (RFC 6455 says they are tokens; clients send them lower case).
+pub fn protocol_for(name: &str) -> Option<WsProtocol> {
     match name.to_ascii_lowercase().as_str() {
-        "mqtt" | "mqttv3.1" => Subprotocol::Served(WsProtocol::Mqtt),
-        // STOMP arrives with the STOMP sessions: map these to `WsProtocol::Stomp` then.
-        "v10.stomp" | "v11.stomp" | "v12.stomp" => Subprotocol::NotOffered,
-        _ => Subprotocol::Unknown,
+        "mqtt" | "mqttv3.1" => Some(WsProtocol::Mqtt),
+        "v10.stomp" | "v11.stomp" | "v12.stomp" => Some(WsProtocol::Stomp),
+        _ => None,
     }
 }
 
@@ -234,27 +230,14 @@ fn check_request(req: &Request) -> Result<(WsProtocol, String, String), (u16, St
     let Some(key) = key.filter(|k| k.len() == 24) else {
         return Err((400, "missing or bad Sec-WebSocket-Key".to_string()));
     };
-    let mut not_offered = Vec::new();
     for name in req.tokens("sec-websocket-protocol") {
-        match protocol_for(name) {
-            Subprotocol::Served(p) => {
-                return Ok((p, name.to_string(), derive_accept_key(key.as_bytes())));
-            }
-            Subprotocol::NotOffered => not_offered.push(name),
-            Subprotocol::Unknown => {}
+        if let Some(p) = protocol_for(name) {
+            return Ok((p, name.to_string(), derive_accept_key(key.as_bytes())));
         }
     }
-    let offered = "mqtt, mqttv3.1";
     Err((
         400,
-        if not_offered.is_empty() {
-            format!("no supported subprotocol in Sec-WebSocket-Protocol (offered: {offered})")
-        } else {
-            format!(
-                "subprotocol {} not offered by this broker (offered: {offered})",
-                not_offered.join(", ")
-            )
-        },
+        format!("no supported subprotocol in Sec-WebSocket-Protocol (offered: {OFFERED})"),
     ))
 }
 
@@ -427,9 +410,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn mqtt_is_chosen_by_subprotocol() {
-        let (result, answer, _c) =
-            handshake(&upgrade("Sec-WebSocket-Protocol: v12.stomp, mqtt\r\n")).await;
+    async fn protocol_is_chosen_by_subprotocol() {
+        // The first served name in the client's order wins.
+        let (result, _, _c) = handshake(&upgrade(
+            "Sec-WebSocket-Protocol: chat, v12.stomp, mqtt\r\n",
+        ))
+        .await;
+        let (_, protocol, name) = result.unwrap();
+        assert_eq!((protocol, name.as_str()), (WsProtocol::Stomp, "v12.stomp"));
+        let (result, _, _c) = handshake(&upgrade("Sec-WebSocket-Protocol: V10.STOMP\r\n")).await;
+        assert_eq!(result.unwrap().1, WsProtocol::Stomp);
+
+        let (result, answer, _c) = handshake(&upgrade(
+            "Sec-WebSocket-Protocol: chat, mqtt, v12.stomp\r\n",
+        ))
+        .await;
         let (_, protocol, name) = result.unwrap();
         assert_eq!(protocol, WsProtocol::Mqtt);
         assert_eq!(name, "mqtt");
@@ -457,11 +452,6 @@ mod tests {
     async fn bad_upgrades_get_http_errors() {
         let cases = [
             (upgrade(""), 400, "no supported subprotocol"),
-            (
-                upgrade("Sec-WebSocket-Protocol: v12.stomp\r\n"),
-                400,
-                "v12.stomp not offered",
-            ),
             (
                 upgrade("Sec-WebSocket-Protocol: chat\r\n"),
                 400,

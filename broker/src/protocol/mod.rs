@@ -1,6 +1,72 @@
 //! Protocol sessions.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::Peer;
+
 pub mod amqp;
 pub mod mqtt;
+pub mod stomp;
+
+/// A protocol whose sessions can run over any byte stream: plain TCP, TLS, WebSocket or WSS.
+/// Lets the binary start every listener, with or without TLS, through one function.
+pub trait Service: Send + Sync + 'static {
+    /// Serves one connection until it ends; `shutdown` asks it to close politely.
+    fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+impl Service for amqp::AmqpContext {
+    fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        amqp::serve(stream, peer, self, shutdown)
+    }
+}
+
+impl Service for mqtt::MqttContext {
+    fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        mqtt::serve(stream, peer, self, shutdown)
+    }
+}
+
+impl Service for stomp::StompContext {
+    fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        stomp::serve(stream, peer, self, shutdown)
+    }
+}
 
 /// One step of a session's output: writes some of `out` (`Some(bytes written)`), or, when `out`
 /// is empty, flushes the stream (`None`). TLS and WebSocket streams may hold written bytes until
