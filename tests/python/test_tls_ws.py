@@ -567,10 +567,14 @@ class StompListener(stomp.ConnectionListener):
         self.receipts.put(frame.headers["receipt-id"])
 
 
-def stomps_round_trip(broker, certs, client=None, login="guest", passcode="guest"):
-    """stomp.py 1.2 over TLS: subscribe, send, receive; returns the message body."""
+def stomps_round_trip(broker, certs, client=None, login="guest", passcode="guest", version="1.2"):
+    """stomp.py over TLS: subscribe, send, receive; returns the message body."""
     port = broker.ports["stomps"]
-    c = stomp.Connection12([("127.0.0.1", port)], vhost="/", reconnect_attempts_max=1)
+    if version == "1.0":
+        c = stomp.Connection10([("127.0.0.1", port)], reconnect_attempts_max=1)
+    else:
+        cls = stomp.Connection11 if version == "1.1" else stomp.Connection12
+        c = cls([("127.0.0.1", port)], vhost="/", reconnect_attempts_max=1)
     kw = {"ca_certs": str(certs["good"] / "ca.pem")}
     if client:
         kw["cert_file"] = str(certs["good"] / f"client-{client}.pem")
@@ -589,8 +593,9 @@ def stomps_round_trip(broker, certs, client=None, login="guest", passcode="guest
         c.disconnect()
 
 
-def test_stomp_over_tls_with_password(tls_broker, certs):
-    assert stomps_round_trip(tls_broker, certs) == "over tls"
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_stomp_over_tls_with_password(tls_broker, certs, version):
+    assert stomps_round_trip(tls_broker, certs, version=version) == "over tls"
 
 
 def test_stomp_over_tls_certificate_login(tls_broker, certs):
