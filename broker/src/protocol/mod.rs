@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::Peer;
@@ -83,5 +84,25 @@ where
         writer.flush().await.map(|()| None)
     } else {
         writer.write_buf(out).await.map(Some)
+    }
+}
+
+/// Resolves when the memory alarm changes; false once the engine is gone.
+pub(crate) async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> bool {
+    match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending::<bool>().await,
+    }
+}
+
+/// Resolves when the durable Lsn moves (never without a store, or once it is gone).
+pub(crate) async fn durable_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -27,8 +27,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::write_or_flush;
-use tokio::sync::watch;
+use super::{durable_changed, write_or_flush};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -233,16 +232,4 @@ fn next_deadline(
         }
     }
     at
-}
-
-/// Resolves when the durable Lsn moves (never without a store, or once it is gone).
-async fn durable_changed(rx: &mut Option<watch::Receiver<u64>>) {
-    match rx {
-        Some(r) => {
-            if r.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
-    }
 }

@@ -32,8 +32,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::write_or_flush;
-use tokio::sync::watch;
+use super::{alarm_changed, durable_changed, write_or_flush};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -383,25 +382,5 @@ fn drain_events(s: &mut Session) {
             Ok(ev) => s.on_outbound(ev),
             Err(_) => return,
         }
-    }
-}
-
-/// Resolves when the memory alarm changes; false once the engine is gone.
-async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> bool {
-    match rx {
-        Some(r) => r.changed().await.is_ok(),
-        None => std::future::pending::<bool>().await,
-    }
-}
-
-/// Resolves when the durable Lsn moves (never without a store, or once it is gone).
-async fn durable_changed(rx: &mut Option<watch::Receiver<u64>>) {
-    match rx {
-        Some(r) => {
-            if r.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
     }
 }

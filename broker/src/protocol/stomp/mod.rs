@@ -24,11 +24,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use codecs::stomp::Limits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::write_or_flush;
+use super::{alarm_changed, durable_changed, write_or_flush};
 use crate::engine::Engine;
 use crate::net::Peer;
 use session::{Phase, Session};
@@ -217,25 +216,5 @@ fn drain_events(s: &mut Session) {
             Ok(ev) => s.on_outbound(ev),
             Err(_) => return,
         }
-    }
-}
-
-/// Resolves when the memory alarm changes; false once the engine is gone.
-async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> bool {
-    match rx {
-        Some(r) => r.changed().await.is_ok(),
-        None => std::future::pending::<bool>().await,
-    }
-}
-
-/// Resolves when the durable Lsn moves (never without a store, or once it is gone).
-async fn durable_changed(rx: &mut Option<watch::Receiver<u64>>) {
-    match rx {
-        Some(r) => {
-            if r.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
     }
 }
