@@ -120,6 +120,14 @@ section! {
         /// MQTT 3.1/3.1.1/5.0 listener address: `IP:PORT`, a bare `PORT`, or `off`. Port 0 picks
         /// a free port; the log line `listening protocol=mqtt addr=IP:PORT` tells which.
         pub mqtt_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883))),
+        /// HTTP listener for the AWS APIs (SQS, JSON and Query protocols): `IP:PORT`, a bare
+        /// `PORT`, or `off`. 4566 is the port AWS emulators use. Port 0 picks a free port; the log
+        /// line `listening protocol=http addr=IP:PORT` tells which.
+        pub http_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4566))),
+        /// Verify the AWS Signature Version 4 of every HTTP API request against the users'
+        /// access keys (`on`/`off`). Off only for local testing: any request is then accepted,
+        /// and a 12-digit access key id names the account.
+        pub sigv4: bool = true,
         /// Virtual hosts that exist at start (more may come from the durable definitions).
         /// In the environment: comma-separated.
         pub vhosts: Vec<String> = vec!["/".to_string()],
@@ -146,6 +154,22 @@ section! {
         pub amqp: AmqpSection = AmqpSection::default(),
         /// MQTT protocol settings (the `[mqtt]` table).
         pub mqtt: MqttSection = MqttSection::default(),
+        /// AWS API settings (the `[aws]` table).
+        pub aws: AwsSection = AwsSection::default(),
+    }
+}
+
+section! {
+    /// The `[aws]` table: where AWS API resources live in the engine.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct AwsSection {
+        /// The 12-digit account id queue URLs and ARNs carry, for signed requests and for
+        /// unsigned ones without a 12-digit access key id. Resources of account A in region R
+        /// live in the vhost `aws:A:R`, created on first use.
+        pub account_id: String = "000000000000".to_string(),
+        /// Region used when a request carries no SigV4 credential scope.
+        pub region: String = "us-east-1".to_string(),
     }
 }
 
@@ -201,17 +225,24 @@ section! {
         pub loopback_only: bool = false,
         /// Vhosts this user may open. Empty means all of them.
         pub vhosts: Vec<String> = Vec::new(),
+        /// AWS access key id for the HTTP APIs (SigV4). Empty: this user has no AWS key.
+        pub access_key_id: String = String::new(),
+        /// The secret of `access_key_id`, in plain text like `password`.
+        pub secret_access_key: String = String::new(),
     }
 }
 
 impl UserConfig {
-    /// RabbitMQ's default user: guest/guest, from localhost only.
+    /// RabbitMQ's default user: guest/guest, from localhost only; its development AWS key
+    /// pair is guest/guest too (the AWS CLI and SDKs accept any non-empty strings).
     fn guest() -> Self {
         UserConfig {
             name: "guest".into(),
             password: "guest".into(),
             loopback_only: true,
             vhosts: Vec::new(),
+            access_key_id: "guest".into(),
+            secret_access_key: "guest".into(),
         }
     }
 }
@@ -294,8 +325,8 @@ pub struct ListenerSpec {
     pub listen: fn(&Config) -> Listen,
 }
 
-/// Every listener, in start order. Planned rows: stomp 61613, ws 15674, http 4566,
-/// management 15672, and the TLS ports.
+/// Every listener, in start order. Planned rows: stomp 61613, ws 15674, management 15672, and
+/// the TLS ports.
 pub const LISTENERS: &[ListenerSpec] = &[
     ListenerSpec {
         protocol: "amqp",
@@ -309,11 +340,20 @@ pub const LISTENERS: &[ListenerSpec] = &[
         flag: "mqtt-listen",
         listen: |c| c.mqtt_listen,
     },
+    ListenerSpec {
+        protocol: "http",
+        key: "http_listen",
+        flag: "http-listen",
+        listen: |c| c.http_listen,
+    },
 ];
 
 /// Flags that set a config key, besides the listeners': (key, flag, value name).
-const FLAG_OPTIONS: &[(&str, &str, &str)] =
-    &[("data_dir", "data-dir", "DIR"), ("log", "log", "FILTER")];
+const FLAG_OPTIONS: &[(&str, &str, &str)] = &[
+    ("data_dir", "data-dir", "DIR"),
+    ("log", "log", "FILTER"),
+    ("sigv4", "sigv4", "on|off"),
+];
 
 /// Prefix of the environment variables read as configuration.
 const ENV_PREFIX: &str = "WHARF_";
@@ -677,12 +717,29 @@ impl Config {
                     u.name
                 ));
             }
+            if u.access_key_id.is_empty() != u.secret_access_key.is_empty() {
+                errors.push(format!(
+                    "users[{i}]: access_key_id and secret_access_key go together (user {:?})",
+                    u.name
+                ));
+            }
             if u.password.is_empty() {
                 errors.push(format!(
                     "users[{i}].password: must not be empty (user {:?})",
                     u.name
                 ));
             }
+        }
+        if self.aws.account_id.len() != 12
+            || !self.aws.account_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            errors.push(format!(
+                "aws.account_id: {:?} must be 12 digits",
+                self.aws.account_id
+            ));
+        }
+        if self.aws.region.is_empty() {
+            errors.push("aws.region: must not be empty".to_string());
         }
         if self.memory_high_watermark_bytes == 0 {
             errors.push("memory_high_watermark_bytes: must be above 0".to_string());
@@ -764,6 +821,8 @@ impl Config {
                     password: u.password.clone(),
                     loopback_only: u.loopback_only,
                     vhosts: u.vhosts.clone(),
+                    access_key_id: u.access_key_id.clone(),
+                    secret_access_key: u.secret_access_key.clone(),
                 })
                 .collect(),
             memory_high_watermark_bytes: self.memory_high_watermark_bytes,
@@ -779,6 +838,15 @@ impl Config {
             channel_max: self.amqp.channel_max,
             heartbeat_secs: self.amqp.heartbeat_secs,
             message_bytes_max: self.amqp.message_bytes_max,
+        }
+    }
+
+    /// The AWS APIs' part of the configuration.
+    pub fn aws_config(&self) -> crate::aws::AwsConfig {
+        crate::aws::AwsConfig {
+            sigv4: self.sigv4,
+            account_id: self.aws.account_id.clone(),
+            region: self.aws.region.clone(),
         }
     }
 
@@ -839,6 +907,7 @@ fn field_doc(key: &str) -> Option<&'static FieldDoc> {
     let (fields, name) = match key.split_once('.') {
         Some(("amqp", rest)) => (AmqpSection::FIELDS, rest),
         Some(("mqtt", rest)) => (MqttSection::FIELDS, rest),
+        Some(("aws", rest)) => (AwsSection::FIELDS, rest),
         Some(_) => return None,
         None => (Config::FIELDS, key),
     };
@@ -930,6 +999,20 @@ pub fn reference_markdown() -> String {
         out.push_str(&format!(
             "| `{key}` | {} | {} | {} |\n",
             cell(shown(f, mqtt.and_then(|t| t.get(f.name)))),
+            env_of(&key),
+            cell(f.text())
+        ));
+    }
+
+    out.push_str("\n### `[aws]`\n\n");
+    out.push_str("| Key | Default | Environment | Meaning |\n");
+    out.push_str("| --- | --- | --- | --- |\n");
+    let aws = defaults.get("aws").and_then(toml::Value::as_table);
+    for f in AwsSection::FIELDS {
+        let key = format!("aws.{}", f.name);
+        out.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            cell(shown(f, aws.and_then(|t| t.get(f.name)))),
             env_of(&key),
             cell(f.text())
         ));
@@ -1067,6 +1150,8 @@ mod tests {
                 password: "secret".into(),
                 loopback_only: false,
                 vhosts: vec![],
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
             }]
         );
     }

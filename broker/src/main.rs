@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use wharf::aws::{self, AwsContext};
 use wharf::config::{self, Config, LoadError, Loaded, LISTENERS};
 use wharf::engine::Engine;
 use wharf::net::{self, BoundListener, Listeners};
@@ -134,6 +135,10 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
+    if !config.sigv4 {
+        tracing::warn!("sigv4 is off: AWS API requests are not authenticated");
+    }
     for b in bound {
         match b.protocol() {
             "amqp" => {
@@ -146,6 +151,12 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 let ctx = mqtt_ctx.clone();
                 listeners.serve(b, move |stream, peer, token| {
                     mqtt::serve(stream, peer, ctx.clone(), token)
+                });
+            }
+            "http" => {
+                let ctx = aws_ctx.clone();
+                listeners.serve(b, move |stream, peer, token| {
+                    aws::serve(stream, peer, ctx.clone(), token)
                 });
             }
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
@@ -167,6 +178,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     drop(amqp_ctx);
     drop(mqtt_ctx);
+    drop(aws_ctx);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())
