@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("WHARF_TEST_AMQP_URL") or None
 LISTEN_RE = re.compile(r"listening protocol=amqp addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 MQTT_LISTEN_RE = re.compile(r"listening protocol=mqtt addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+HTTP_LISTEN_RE = re.compile(r"listening protocol=http addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -54,6 +55,7 @@ class BrokerBase:
     host = "127.0.0.1"
     port = None
     mqtt_port = None
+    http_port = None
     vhost = "/"
     user = "guest"
     password = "guest"
@@ -103,13 +105,16 @@ class ExternalBroker(BrokerBase):
 class WharfProcess(BrokerBase):
     """One wharf process on an ephemeral port with its own data directory."""
 
-    def __init__(self, data_dir, binary=None):
+    def __init__(self, data_dir, binary=None, extra_args=()):
         self.binary = Path(binary or wharf_bin())
         self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
         self.proc = None
         self.port = None
         self.mqtt_port = None
+        self.http_port = None
         self._mqtt_box = []
+        self._http_box = []
         self._log = []
         self._log_lock = threading.Lock()
         self.starts = 0
@@ -123,6 +128,9 @@ class WharfProcess(BrokerBase):
             m = MQTT_LISTEN_RE.search(line)
             if m:
                 self._mqtt_box.append(int(m.group(2)))
+            m = HTTP_LISTEN_RE.search(line)
+            if m:
+                self._http_box.append(int(m.group(2)))
             if not found.is_set():
                 m = LISTEN_RE.search(line)
                 if m:
@@ -164,6 +172,9 @@ class WharfProcess(BrokerBase):
                 "127.0.0.1:0",
                 "--mqtt-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -173,6 +184,7 @@ class WharfProcess(BrokerBase):
         _live_processes.add(proc)
         found, port_box = threading.Event(), []
         self._mqtt_box = []
+        self._http_box = []
         self._thread = threading.Thread(target=self._reader, args=(proc, found, port_box), daemon=True)
         self._thread.start()
         self.proc = proc
@@ -191,11 +203,16 @@ class WharfProcess(BrokerBase):
                     + self.log_text()
                 )
         self.port = port_box[0]
-        # Listeners log in start order (amqp, then mqtt): give the second line a moment.
-        mqtt_deadline = time.monotonic() + 5
-        while not self._mqtt_box and time.monotonic() < mqtt_deadline and proc.poll() is None:
+        # Listeners log in start order (amqp, mqtt, http): give the later lines a moment.
+        later_deadline = time.monotonic() + 5
+        while (
+            not (self._mqtt_box and self._http_box)
+            and time.monotonic() < later_deadline
+            and proc.poll() is None
+        ):
             time.sleep(0.01)
         self.mqtt_port = self._mqtt_box[0] if self._mqtt_box else None
+        self.http_port = self._http_box[0] if self._http_box else None
         return self
 
     def _wait(self, timeout):

@@ -245,6 +245,9 @@ struct State {
     in_flight: HashMap<DeliveryId, InFlight>,
     next_delivery_id: DeliveryId,
     consumers: Vec<Consumer>,
+    /// No deadline lease lapses before this instant (a lower bound; `None`: no deadline
+    /// lease).
+    next_deadline: Option<Instant>,
     /// Round-robin position among consumers of equal priority.
     next_consumer: usize,
     had_consumer: bool,
@@ -336,6 +339,7 @@ impl Queue {
                 in_flight: HashMap::new(),
                 next_delivery_id: 1,
                 consumers: Vec::new(),
+                next_deadline: None,
                 next_consumer: 0,
                 had_consumer: false,
                 last_used: Instant::now(),
@@ -501,6 +505,40 @@ impl Queue {
                 .args
                 .max_length_bytes
                 .is_some_and(|max| st.ready_bytes + incoming_bytes > max)
+    }
+
+    /// Deadline leases that have lapsed put their messages back at the head. Scans the
+    /// in-flight set only once the earliest known deadline has passed, so a receive does not
+    /// pay for every in-flight message.
+    fn requeue_lapsed(&self, st: &mut State, now: Instant) {
+        if st.next_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let mut lapsed = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, f) in &st.in_flight {
+            if let Lease::Deadline { at } = f.lease {
+                if at <= now {
+                    lapsed.push(*id);
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        st.next_deadline = next;
+        // Oldest delivery first at the head, as settle() requeues.
+        lapsed.sort_unstable();
+        for id in lapsed.into_iter().rev() {
+            if let Some(f) = st.in_flight.remove(&id) {
+                let mut entry = f.entry;
+                entry.redelivered = true;
+                self.push_ready(st, entry, true);
+            }
+        }
+    }
+
+    fn note_deadline(st: &mut State, at: Instant) {
+        st.next_deadline = Some(st.next_deadline.map_or(at, |d| d.min(at)));
     }
 
     fn push_ready(&self, st: &mut State, entry: Entry, front: bool) {
@@ -756,6 +794,7 @@ impl Queue {
         {
             let mut st = self.state.lock();
             st.last_used = now;
+            self.requeue_lapsed(&mut st, now);
             while out.len() < max {
                 self.expire_heads(&mut st, now, &mut dead);
                 let Some(mut entry) = self.pop_ready(&mut st) else {
@@ -786,6 +825,7 @@ impl Queue {
                     enqueued_ms: entry.enqueued_ms,
                     first_delivered_ms: entry.first_delivered_ms,
                 });
+                Self::note_deadline(&mut st, now + visibility);
                 st.in_flight.insert(
                     id,
                     InFlight {
@@ -914,6 +954,7 @@ impl Queue {
         inflight.lease = Lease::Deadline {
             at: now + visibility,
         };
+        Self::note_deadline(&mut st, now + visibility);
         if visibility.is_zero() {
             drop(st);
             self.settle(&[id], Settle::Requeue);
@@ -1072,19 +1113,7 @@ impl Queue {
                 let e = entry.remove();
                 self.push_ready(&mut st, e, false);
             }
-            let lapsed: Vec<DeliveryId> = st
-                .in_flight
-                .iter()
-                .filter(|(_, f)| matches!(f.lease, Lease::Deadline { at } if at <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lapsed {
-                if let Some(f) = st.in_flight.remove(&id) {
-                    let mut entry = f.entry;
-                    entry.redelivered = true;
-                    self.push_ready(&mut st, entry, true);
-                }
-            }
+            self.requeue_lapsed(&mut st, now);
             self.expire_heads(&mut st, now, &mut dead);
             self.dispatch(&mut st, now, &mut dead);
             self.args.expires_ms.is_some_and(|ms| {
