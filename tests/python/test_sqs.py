@@ -646,3 +646,69 @@ def test_sent_messages_survive_sigkill(own_broker):
             bodies.add(m["Body"])
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
     assert bodies == {f"m{i}" for i in range(20)}
+
+
+# -- FIFO -------------------------------------------------------------------------------------
+
+
+def fifo_queue(sqs, qname, **attrs):
+    attributes = {"FifoQueue": "true", **attrs}
+    return sqs.create_queue(QueueName=f"{qname}.fifo", Attributes=attributes)["QueueUrl"]
+
+
+def test_fifo_names_and_required_parameters(sqs, qname):
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=f"{qname}.fifo")
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=qname, Attributes={"FifoQueue": "true"})
+    assert code(e) == "InvalidParameterValue"
+    url = fifo_queue(sqs, qname)
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"])["Attributes"] == {"FifoQueue": "true"}
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageDeduplicationId="d")
+    assert code(e) == "MissingParameter"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g")
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g", MessageDeduplicationId="d",
+                         DelaySeconds=5)
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_fifo_deduplication(sqs, qname):
+    url = fifo_queue(sqs, qname)
+    a = sqs.send_message(QueueUrl=url, MessageBody="one", MessageGroupId="g", MessageDeduplicationId="d1")
+    b = sqs.send_message(QueueUrl=url, MessageBody="one again", MessageGroupId="g", MessageDeduplicationId="d1")
+    assert a["MessageId"] == b["MessageId"] and a["SequenceNumber"] == b["SequenceNumber"]
+    cbd = fifo_queue(sqs, qname + "-cbd", ContentBasedDeduplication="true")
+    c = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="g")
+    d = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="h")
+    e = sqs.send_message(QueueUrl=cbd, MessageBody="other body", MessageGroupId="g")
+    assert c["MessageId"] == d["MessageId"] != e["MessageId"]
+    assert int(e["SequenceNumber"]) > int(c["SequenceNumber"])
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in got] == ["one"]
+    got = sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in got] == ["same body", "other body"]
+
+
+def test_fifo_order_and_group_held_while_in_flight(sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    for group, body in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+    first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, AttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in first] == ["a1", "b1"]
+    assert first[0]["Attributes"]["MessageGroupId"] == "a"
+    assert "SequenceNumber" in first[0]["Attributes"]
+    assert "MessageDeduplicationId" in first[0]["Attributes"]
+    # Both groups have a message in flight: nothing else may be received.
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+    nxt = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in nxt] == ["a2", "a3"]
+    # Making b1 visible again puts it back first in its group.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first[1]["ReceiptHandle"], VisibilityTimeout=0)
+    again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in again] == ["b1", "b2"]

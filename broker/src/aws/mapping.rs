@@ -57,7 +57,13 @@ pub fn from_headers(headers: Option<&Table>) -> MessageAttributes {
         _ => None,
     };
     for (name, value) in headers {
-        if name == DATA_TYPES_HEADER || name == TRACE_HEADER {
+        if name == DATA_TYPES_HEADER
+            || name == TRACE_HEADER
+            || name == crate::engine::GROUP_ID_HEADER
+            || name == super::sqs::DEDUP_ID_HEADER
+            || name == super::sqs::SEQUENCE_HEADER
+        {
+            // System attributes of their own, not message attributes.
             continue;
         }
         let declared = types

@@ -9,10 +9,19 @@
 //!   or of an earlier receive of the same message deletes nothing, as AWS's stale handles.
 //! - Retention is a per-message TTL (AMQP `expiration`), the redrive policy is applied on
 //!   receive ([`Redrive`]): both can change after creation, which x-arguments cannot.
-//! - FIFO queues are not served yet: creating one is refused with UnsupportedOperation.
+//! - FIFO queues (`.fifo`): the message group travels in the `x-message-group-id` header and
+//!   FIFO receives hold a group while one of its messages is in flight (engine); sends are
+//!   deduplicated here for 5 minutes by MessageDeduplicationId or the body's SHA-256
+//!   (ContentBasedDeduplication), per queue or per group (DeduplicationScope). The
+//!   deduplication window is kept in memory: a restart forgets it.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 use base64::Engine as _;
 use bridge::sqs::*;
@@ -21,7 +30,9 @@ use bytes::Bytes;
 
 use super::mapping;
 use super::meta::{MetaStore, QueueMeta};
-use crate::engine::{Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Vhost};
+use crate::engine::{
+    Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
+};
 
 /// Connection id SQS requests use for engine calls: no SQS request owns an exclusive queue.
 const SQS_CONN: u64 = 0;
@@ -29,6 +40,17 @@ const SQS_CONN: u64 = 0;
 const PURGE_INTERVAL_MS: u64 = 60_000;
 /// ListQueues returns at most 1000 URLs.
 const LIST_MAX: usize = 1000;
+/// SQS's FIFO deduplication interval.
+const DEDUP_WINDOW: Duration = Duration::from_secs(300);
+/// Above this many remembered deduplication ids, expired ones are swept on the next send.
+const DEDUP_SWEEP_LEN: usize = 4096;
+/// Header carrying a FIFO message's deduplication id.
+pub const DEDUP_ID_HEADER: &str = "x-message-deduplication-id";
+/// Header carrying a FIFO message's sequence number.
+pub const SEQUENCE_HEADER: &str = "x-sqs-sequence-number";
+
+/// (vhost, queue, scope key) -> (until, message id, sequence number) of a FIFO send.
+type DedupWindow = HashMap<(String, String, String), (Instant, String, String)>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -55,6 +77,10 @@ pub struct SqsEngine {
     /// Distinguishes receipt handles of this process from those of an earlier one (delivery
     /// ids restart at 1).
     boot: u64,
+    dedup: Mutex<DedupWindow>,
+    /// FIFO sequence numbers: increasing across the process, seeded by the clock so they keep
+    /// increasing across restarts.
+    sequence: AtomicU64,
 }
 
 /// A queue found from a request's QueueUrl.
@@ -71,6 +97,8 @@ impl SqsEngine {
             engine,
             meta: MetaStore::open(data_dir)?,
             boot: rand::random(),
+            dedup: Mutex::new(HashMap::new()),
+            sequence: AtomicU64::new(now_ms() * 1_000),
         })
     }
 
@@ -168,9 +196,9 @@ impl SqsEngine {
             .attributes
             .get("FifoQueue")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        if i.queue_name.ends_with(".fifo") || fifo_asked {
-            return Err(AwsError::unsupported_operation(
-                "FIFO queues are not supported by this version of Wharf.",
+        if i.queue_name.ends_with(".fifo") != fifo_asked {
+            return Err(AwsError::invalid_parameter_value(
+                "The name of a FIFO queue can only include alphanumeric characters, hyphens, or underscores, must end with .fifo suffix and be 1 to 80 in length. A queue with a .fifo name must have the FifoQueue attribute set to true.",
             ));
         }
         let mut config = QueueConfig::default();
@@ -334,10 +362,18 @@ impl SqsEngine {
         i: &SendMessageInput,
     ) -> Result<SendMessageOutput, AwsError> {
         validate_send(i)?;
-        if i.message_group_id.is_some() || i.message_deduplication_id.is_some() {
-            return Err(AwsError::invalid_parameter_value(
-                "The request include parameter that is not valid for this queue type",
-            ));
+        let fifo = if f.config.fifo {
+            Some(self.fifo_checks(ctx, f, i)?)
+        } else {
+            if i.message_deduplication_id.is_some() {
+                return Err(AwsError::invalid_parameter_value(
+                    "The request include parameter that is not valid for this queue type",
+                ));
+            }
+            None
+        };
+        if let Some(Fifo::Duplicate(out)) = fifo {
+            return Ok(out);
         }
         let size = message_size(i);
         let max = f.config.maximum_message_bytes as usize;
@@ -364,6 +400,25 @@ impl SqsEngine {
         // Retention as a per-message TTL (see the module comment).
         p.expiration = Some((u64::from(f.config.retention_secs) * 1000).to_string());
         p.headers = mapping::to_headers(&i.message_attributes, &i.message_system_attributes);
+        let mut sequence_number = None;
+        if let Some(group) = &i.message_group_id {
+            let h = p.headers.get_or_insert_with(Table::new);
+            h.insert(GROUP_ID_HEADER.into(), Value::long_string(group.clone()));
+            if let Some(Fifo::New { dedup_id, key }) = &fifo {
+                let seq = format!("{:020}", self.sequence.fetch_add(1, Ordering::Relaxed));
+                h.insert(DEDUP_ID_HEADER.into(), Value::long_string(dedup_id.clone()));
+                h.insert(SEQUENCE_HEADER.into(), Value::long_string(seq.clone()));
+                self.dedup.lock().insert(
+                    key.clone(),
+                    (
+                        Instant::now() + DEDUP_WINDOW,
+                        message_id.clone(),
+                        seq.clone(),
+                    ),
+                );
+                sequence_number = Some(seq);
+            }
+        }
         let delay = i
             .delay_seconds
             .map_or(u64::from(f.config.delay_secs), |d| d as u64);
@@ -379,7 +434,55 @@ impl SqsEngine {
                 )))
             }
         }
-        Ok(SendMessageOutput::for_input(i, message_id, None))
+        Ok(SendMessageOutput::for_input(i, message_id, sequence_number))
+    }
+
+    /// FIFO send rules: a group id, no per-message delay, a deduplication id (given or the
+    /// body's SHA-256); a repeat within 5 minutes answers the first send's ids.
+    fn fifo_checks(
+        &self,
+        ctx: &RequestContext,
+        f: &Found,
+        i: &SendMessageInput,
+    ) -> Result<Fifo, AwsError> {
+        let group = i.message_group_id.as_deref().ok_or_else(|| {
+            AwsError::missing_parameter("The request must contain the parameter MessageGroupId.")
+        })?;
+        if let Some(d) = i.delay_seconds.filter(|d| *d != 0) {
+            return Err(AwsError::invalid_parameter_value(format!(
+                "Value {d} for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid for this queue type."
+            )));
+        }
+        let dedup_id = match (&i.message_deduplication_id, f.config.content_based_deduplication) {
+            (Some(id), _) => id.clone(),
+            (None, true) => hex_sha256(&i.message_body),
+            (None, false) => {
+                return Err(AwsError::invalid_parameter_value(
+                    "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
+                ))
+            }
+        };
+        let scope = if f.config.deduplication_scope == "messageGroup" {
+            format!("{group}\0{dedup_id}")
+        } else {
+            dedup_id.clone()
+        };
+        let key = (Self::vhost_name(ctx), f.queue.name.clone(), scope);
+        let now = Instant::now();
+        let mut window = self.dedup.lock();
+        if window.len() > DEDUP_SWEEP_LEN {
+            window.retain(|_, (until, _, _)| *until > now);
+        }
+        if let Some((until, id, seq)) = window.get(&key) {
+            if *until > now {
+                return Ok(Fifo::Duplicate(SendMessageOutput::for_input(
+                    i,
+                    id.clone(),
+                    Some(seq.clone()),
+                )));
+            }
+        }
+        Ok(Fifo::New { dedup_id, key })
     }
 
     async fn send_batch(
@@ -447,7 +550,7 @@ impl SqsEngine {
             let notified = q.arrivals();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = q.receive(max, visibility, redrive.as_ref());
+            let got = q.receive(max, visibility, redrive.as_ref(), f.config.fifo);
             if !got.is_empty() || Instant::now() >= deadline || q.is_deleted() {
                 break got;
             }
@@ -480,6 +583,15 @@ impl SqsEngine {
                 );
                 if let Some(t) = mapping::trace_header(headers) {
                     attributes.insert("AWSTraceHeader".into(), t);
+                }
+                for (header, attribute) in [
+                    (GROUP_ID_HEADER, "MessageGroupId"),
+                    (DEDUP_ID_HEADER, "MessageDeduplicationId"),
+                    (SEQUENCE_HEADER, "SequenceNumber"),
+                ] {
+                    if let Some(v) = headers.and_then(|h| h.get(header)).and_then(Value::as_str) {
+                        attributes.insert(attribute.into(), v.to_string());
+                    }
                 }
                 bridge::sqs::Message {
                     message_id: m
@@ -693,6 +805,20 @@ impl SqsEngine {
             R::ListDeadLetterSourceQueues(i) => return self.dead_letter_sources(ctx, i),
         })
     }
+}
+
+/// What the FIFO rules decided for a send.
+enum Fifo {
+    /// Seen within the window: answer with the first send's ids, enqueue nothing.
+    Duplicate(SendMessageOutput),
+    New {
+        dedup_id: String,
+        key: (String, String, String),
+    },
+}
+
+fn hex_sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// A stable id for a message published without one (AMQP, MQTT): UUID-shaped, from what

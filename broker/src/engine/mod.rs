@@ -27,6 +27,7 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSetting
 pub use message::{Message, Properties, SharedMessage, Table, Value};
 pub use queue::{
     ConsumerSpec, Enqueued, GetMode, Queue, QueueArgs, QueueSettings, Received, Redrive, Settle,
+    GROUP_ID_HEADER,
 };
 pub use vhost::{PublishOutcome, Vhost};
 

@@ -10,7 +10,7 @@
 //! - `Outbound` events are sent while the state lock is held, so a consumer sees deliveries of one
 //!   queue in dispatch order; senders are unbounded and never block.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -305,6 +305,19 @@ pub enum Enqueued {
     Rejected,
 }
 
+/// Header naming a message's group (SQS MessageGroupId): FIFO receives hold a group while one
+/// of its messages is in flight.
+pub const GROUP_ID_HEADER: &str = "x-message-group-id";
+
+fn group_of(msg: &Message) -> Option<Arc<str>> {
+    msg.properties
+        .headers
+        .as_ref()?
+        .get(GROUP_ID_HEADER)?
+        .as_str()
+        .map(Arc::from)
+}
+
 fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -565,6 +578,17 @@ impl Queue {
         Some(entry)
     }
 
+    /// The first ready message (highest priority lane first) that `pred` accepts.
+    fn pop_ready_where(&self, st: &mut State, pred: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let entry = st.ready.iter_mut().rev().find_map(|lane| {
+            let pos = lane.iter().position(&pred)?;
+            lane.remove(pos)
+        })?;
+        st.ready_count -= 1;
+        st.ready_bytes -= entry.msg.body.len() as u64;
+        Some(entry)
+    }
+
     /// Drops expired messages at the head of each lane (RabbitMQ expires at the head only).
     fn expire_heads(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
         for lane in 0..st.ready.len() {
@@ -783,6 +807,7 @@ impl Queue {
         max: usize,
         visibility: Duration,
         redrive: Option<&Redrive>,
+        by_group: bool,
     ) -> Vec<Received> {
         let now = Instant::now();
         let mut dead = DeadLetters::new();
@@ -795,9 +820,26 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = now;
             self.requeue_lapsed(&mut st, now);
+            // FIFO: a group with a message in flight is held until that message is settled or
+            // visible again, so order within a group is strict.
+            let held: HashSet<Arc<str>> = if by_group {
+                st.in_flight
+                    .values()
+                    .filter_map(|f| group_of(&f.entry.msg))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
             while out.len() < max {
                 self.expire_heads(&mut st, now, &mut dead);
-                let Some(mut entry) = self.pop_ready(&mut st) else {
+                let next = if by_group {
+                    self.pop_ready_where(&mut st, |e| {
+                        group_of(&e.msg).is_none_or(|g| !held.contains(&g))
+                    })
+                } else {
+                    self.pop_ready(&mut st)
+                };
+                let Some(mut entry) = next else {
                     break;
                 };
                 if limit.is_some_and(|limit| entry.delivery_count >= limit) {
@@ -1267,9 +1309,11 @@ mod tests {
         let q = declare(&engine, "q");
         q.publish_delayed(&msg("a"), &mut None, Duration::from_millis(200));
         assert_eq!(q.delayed_count(), 1);
-        assert!(q.receive(10, Duration::from_secs(30), None).is_empty());
+        assert!(q
+            .receive(10, Duration::from_secs(30), None, false)
+            .is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let got = q.receive(10, Duration::from_secs(30), None);
+        let got = q.receive(10, Duration::from_secs(30), None, false);
         assert_eq!(got.len(), 1);
         assert_eq!(q.delayed_count(), 0);
     }
@@ -1284,10 +1328,12 @@ mod tests {
                 let notified = q.arrivals();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if q.receive(1, Duration::from_secs(30), None).is_empty() {
+                if q.receive(1, Duration::from_secs(30), None, false)
+                    .is_empty()
+                {
                     notified.await;
                 }
-                q.receive(1, Duration::from_secs(30), None).len()
+                q.receive(1, Duration::from_secs(30), None, false).len()
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1304,12 +1350,12 @@ mod tests {
         let (_d, engine) = open();
         let q = declare(&engine, "q");
         q.publish(&msg("a"), &mut None);
-        let first = q.receive(1, Duration::from_millis(100), None);
+        let first = q.receive(1, Duration::from_millis(100), None, false);
         assert_eq!(first[0].delivery.delivery_count, 1);
         assert!(first[0].first_delivered_ms >= first[0].enqueued_ms);
         assert_eq!(q.received_count(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let second = q.receive(1, Duration::from_secs(30), None);
+        let second = q.receive(1, Duration::from_secs(30), None, false);
         assert_eq!(second[0].delivery.delivery_count, 2);
         assert_eq!(second[0].first_delivered_ms, first[0].first_delivered_ms);
         // The stale receipt no longer deletes; the fresh one does.
@@ -1329,13 +1375,15 @@ mod tests {
         };
         q.publish(&msg("a"), &mut None);
         for _ in 0..2 {
-            let got = q.receive(1, Duration::ZERO, Some(&redrive));
+            let got = q.receive(1, Duration::ZERO, Some(&redrive), false);
             assert_eq!(got.len(), 1);
             // Visibility 0: back to ready at once.
             q.change_visibility(got[0].delivery.id, Duration::ZERO);
         }
-        assert!(q.receive(1, Duration::ZERO, Some(&redrive)).is_empty());
-        let moved = dlq.receive(1, Duration::from_secs(30), None);
+        assert!(q
+            .receive(1, Duration::ZERO, Some(&redrive), false)
+            .is_empty());
+        let moved = dlq.receive(1, Duration::from_secs(30), None, false);
         assert_eq!(moved.len(), 1);
         let headers = moved[0]
             .delivery
@@ -1348,6 +1396,38 @@ mod tests {
             headers.get("x-first-death-reason").and_then(Value::as_str),
             Some("delivery_limit")
         );
+    }
+
+    #[tokio::test]
+    async fn fifo_receive_holds_a_group_while_in_flight() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        let grouped = |g: &str, body: &'static str| {
+            let mut m = Message::new("", "q", Bytes::from_static(body.as_bytes()));
+            let mut h = Table::new();
+            h.insert(GROUP_ID_HEADER.into(), Value::long_string(g));
+            m.properties.headers = Some(h);
+            Arc::new(m)
+        };
+        for (g, b) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")] {
+            q.publish(&grouped(g, b), &mut None);
+        }
+        let vis = Duration::from_secs(30);
+        let bodies = |r: &[Received]| -> Vec<String> {
+            r.iter()
+                .map(|x| String::from_utf8_lossy(&x.delivery.message.body).into_owned())
+                .collect()
+        };
+        let first = q.receive(2, vis, None, true);
+        assert_eq!(bodies(&first), ["a1", "a2"]);
+        // Group a is held: only b's message is available.
+        let second = q.receive(10, vis, None, true);
+        assert_eq!(bodies(&second), ["b1"]);
+        assert!(q.receive(10, vis, None, true).is_empty());
+        for r in &first {
+            assert!(q.delete_received(r.delivery.id));
+        }
+        assert_eq!(bodies(&q.receive(10, vis, None, true)), ["a3"]);
     }
 
     #[tokio::test]
