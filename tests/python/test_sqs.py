@@ -712,3 +712,93 @@ def test_fifo_order_and_group_held_while_in_flight(sqs, qname):
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first[1]["ReceiptHandle"], VisibilityTimeout=0)
     again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     assert [m["Body"] for m in again] == ["b1", "b2"]
+
+
+# -- message move tasks, permissions ----------------------------------------------------------
+
+
+def dead_letter_pair(sqs, qname, max_receive=1):
+    dlq = sqs.create_queue(QueueName=f"{qname}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    src = sqs.create_queue(QueueName=qname, Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)})})["QueueUrl"]
+    return src, dlq, dlq_arn
+
+
+def test_message_move_task_redrives_back_to_the_source(sqs, qname):
+    src, dlq, dlq_arn = dead_letter_pair(sqs, qname)
+    for i in range(3):
+        sqs.send_message(QueueUrl=src, MessageBody=f"m{i}")
+    assert len(sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10, VisibilityTimeout=0)["Messages"]) == 3
+    assert "Messages" not in sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10)
+    deadline = time.monotonic() + 5
+    while sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"]["ApproximateNumberOfMessages"] != "3":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    handle = sqs.start_message_move_task(SourceArn=dlq_arn)["TaskHandle"]
+    deadline = time.monotonic() + 10
+    while True:
+        (task,) = sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"]
+        if task["Status"] != "RUNNING":
+            break
+        assert task["TaskHandle"] == handle
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert task["Status"] == "COMPLETED"
+    assert task["ApproximateNumberOfMessagesMoved"] == 3
+    assert "TaskHandle" not in task
+    back = sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(m["Body"] for m in back) == ["m0", "m1", "m2"]
+    with pytest.raises(ClientError) as e:
+        sqs.cancel_message_move_task(TaskHandle=handle)
+    assert code(e) == "ResourceNotFoundException"
+
+
+def test_message_move_task_to_a_destination_and_cancel(sqs, qname):
+    src, dlq, dlq_arn = dead_letter_pair(sqs, qname)
+    dest = sqs.create_queue(QueueName=f"{qname}-dest")["QueueUrl"]
+    dest_arn = sqs.get_queue_attributes(QueueUrl=dest, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.send_message_batch(QueueUrl=dlq, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(6)])
+    handle = sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=dest_arn,
+                                         MaxNumberOfMessagesPerSecond=2)["TaskHandle"]
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dlq_arn)
+    assert code(e) == "AWS.SimpleQueueService.UnsupportedOperation"
+    time.sleep(0.8)
+    moved = sqs.cancel_message_move_task(TaskHandle=handle)["ApproximateNumberOfMessagesMoved"]
+    assert 1 <= moved < 6
+    deadline = time.monotonic() + 5
+    while sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"][0]["Status"] != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    total = lambda url: int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"][
+        "ApproximateNumberOfMessages"])
+    assert total(dest) >= 1
+    assert total(dest) + total(dlq) == 6
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dest_arn)
+    assert code(e) == "InvalidParameterValue"  # not a dead-letter queue
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dlq_arn + "-nope")
+    assert code(e) == "ResourceNotFoundException"
+
+
+def test_add_and_remove_permission(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.add_permission(QueueUrl=url, Label="AliceSend", AWSAccountIds=["111122223333"], Actions=["SendMessage"])
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    (st,) = policy["Statement"]
+    assert st["Sid"] == "AliceSend" and st["Action"] == ["SQS:SendMessage"]
+    assert st["Principal"] == {"AWS": ["arn:aws:iam::111122223333:root"]}
+    with pytest.raises(ClientError) as e:
+        sqs.add_permission(QueueUrl=url, Label="AliceSend", AWSAccountIds=["1"], Actions=["SendMessage"])
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.add_permission(QueueUrl=url, Label="Bad", AWSAccountIds=["1"], Actions=["Frobnicate"])
+    assert code(e) == "InvalidParameterValue"
+    sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert "Attributes" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+    with pytest.raises(ClientError) as e:
+        sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert code(e) == "InvalidParameterValue"

@@ -225,6 +225,32 @@ pub fn validate(request: &SqsRequest) -> Result<(), AwsError> {
         }
         SqsRequest::ListQueues(i) => range("MaxResults", i.max_results, 1, 1000),
         SqsRequest::ListDeadLetterSourceQueues(i) => range("MaxResults", i.max_results, 1, 1000),
+        SqsRequest::StartMessageMoveTask(i) => range(
+            "MaxNumberOfMessagesPerSecond",
+            i.max_number_of_messages_per_second,
+            1,
+            500,
+        ),
+        SqsRequest::ListMessageMoveTasks(i) => range("MaxResults", i.max_results, 1, 10),
+        SqsRequest::AddPermission(i) => {
+            let label_ok = !i.label.is_empty()
+                && i.label.len() <= 80
+                && i.label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !label_ok {
+                return Err(AwsError::invalid_parameter_value(format!(
+                    "Value {} for parameter Label is invalid. Reason: Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length.",
+                    i.label
+                )));
+            }
+            if i.aws_account_ids.is_empty() || i.actions.is_empty() {
+                return Err(AwsError::missing_parameter(
+                    "The request must contain the parameters AWSAccountIds and Actions.",
+                ));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

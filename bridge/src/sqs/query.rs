@@ -99,7 +99,12 @@ fn convert(branch: &Branch) -> Map<String, Value> {
                 };
                 out.insert(format!("{name}s"), pairs(b, "Name", value));
             }
-            "AttributeName" | "MessageAttributeName" | "MessageSystemAttributeName" | "TagKey" => {
+            "AttributeName"
+            | "MessageAttributeName"
+            | "MessageSystemAttributeName"
+            | "TagKey"
+            | "AWSAccountId"
+            | "ActionName" => {
                 let items = b
                     .numbered()
                     .into_iter()
@@ -108,7 +113,13 @@ fn convert(branch: &Branch) -> Map<String, Value> {
                         Node::Branch(_) => None,
                     })
                     .collect();
-                out.insert(format!("{name}s"), Value::Array(items));
+                // AddPermission's ActionName.N is the `Actions` member.
+                let member = if name == "ActionName" {
+                    "Actions".to_string()
+                } else {
+                    format!("{name}s")
+                };
+                out.insert(member, Value::Array(items));
             }
             n if n.ends_with("RequestEntry") => {
                 let items = b

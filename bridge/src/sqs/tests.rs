@@ -91,13 +91,7 @@ fn create_queue_tags_from_both_protocols() {
 
 #[test]
 fn unknown_operations_are_answered_as_aws_does() {
-    let e = decode(
-        Protocol::Json,
-        &json_parts("StartMessageMoveTask"),
-        b"{}",
-        &ctx(),
-    )
-    .unwrap_err();
+    let e = decode(Protocol::Json, &json_parts("CreateTopic"), b"{}", &ctx()).unwrap_err();
     assert_eq!(
         e.json_type,
         "com.amazon.coral.service#UnknownOperationException"
@@ -341,4 +335,37 @@ fn handle_query_answers_xml() {
         s.contains("<Code>AWS.SimpleQueueService.NonExistentQueue</Code>"),
         "{s}"
     );
+}
+
+#[test]
+fn add_permission_from_both_protocols() {
+    let json = br#"{"QueueUrl":"u","Label":"l1","AWSAccountIds":["111111111111"],"Actions":["SendMessage"]}"#;
+    let a = decode(Protocol::Json, &json_parts("AddPermission"), json, &ctx()).unwrap();
+    let form = b"Action=AddPermission&QueueUrl=u&Label=l1&AWSAccountId.1=111111111111&ActionName.1=SendMessage";
+    let b = decode(Protocol::Query, &form_parts("/"), form, &ctx()).unwrap();
+    assert_eq!(a, b);
+    let bad = br#"{"QueueUrl":"u","Label":"bad label","AWSAccountIds":["1"],"Actions":["*"]}"#;
+    let e = decode(Protocol::Json, &json_parts("AddPermission"), bad, &ctx()).unwrap_err();
+    assert_eq!(e.code, "InvalidParameterValue");
+}
+
+#[test]
+fn move_task_ranges() {
+    let body = br#"{"SourceArn":"a","MaxNumberOfMessagesPerSecond":501}"#;
+    let e = decode(
+        Protocol::Json,
+        &json_parts("StartMessageMoveTask"),
+        body,
+        &ctx(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, "InvalidParameterValue");
+    let body = br#"{"SourceArn":"a","MaxResults":11}"#;
+    assert!(decode(
+        Protocol::Json,
+        &json_parts("ListMessageMoveTasks"),
+        body,
+        &ctx()
+    )
+    .is_err());
 }

@@ -177,6 +177,11 @@ operations! {
     UntagQueue(UntagQueueInput) -> Empty;
     ListQueueTags(QueueUrlInput) -> TagsOutput;
     ListDeadLetterSourceQueues(ListDeadLetterSourceQueuesInput) -> ListDeadLetterSourceQueuesOutput;
+    StartMessageMoveTask(StartMessageMoveTaskInput) -> StartMessageMoveTaskOutput;
+    ListMessageMoveTasks(ListMessageMoveTasksInput) -> ListMessageMoveTasksOutput;
+    CancelMessageMoveTask(CancelMessageMoveTaskInput) -> CancelMessageMoveTaskOutput;
+    AddPermission(AddPermissionInput) -> Empty;
+    RemovePermission(RemovePermissionInput) -> Empty;
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -519,4 +524,85 @@ pub struct ListDeadLetterSourceQueuesOutput {
     pub queue_urls: Vec<String>,
     #[serde(rename = "NextToken", skip_serializing_if = "Option::is_none")]
     pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartMessageMoveTaskInput {
+    pub source_arn: String,
+    #[serde(default)]
+    pub destination_arn: Option<String>,
+    #[serde(default, deserialize_with = "lenient_int")]
+    pub max_number_of_messages_per_second: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartMessageMoveTaskOutput {
+    pub task_handle: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListMessageMoveTasksInput {
+    pub source_arn: String,
+    #[serde(default, deserialize_with = "lenient_int")]
+    pub max_results: Option<i64>,
+}
+
+/// One message move task as ListMessageMoveTasks reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MessageMoveTask {
+    /// Only while the task is RUNNING, as AWS reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_handle: Option<String>,
+    /// RUNNING, COMPLETED, CANCELLING, CANCELLED or FAILED.
+    pub status: String,
+    pub source_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_number_of_messages_per_second: Option<i64>,
+    pub approximate_number_of_messages_moved: i64,
+    pub approximate_number_of_messages_to_move: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// Milliseconds since the epoch.
+    pub started_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListMessageMoveTasksOutput {
+    pub results: Vec<MessageMoveTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CancelMessageMoveTaskInput {
+    pub task_handle: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CancelMessageMoveTaskOutput {
+    pub approximate_number_of_messages_moved: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddPermissionInput {
+    pub queue_url: String,
+    pub label: String,
+    #[serde(rename = "AWSAccountIds")]
+    pub aws_account_ids: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RemovePermissionInput {
+    pub queue_url: String,
+    pub label: String,
 }

@@ -43,6 +43,11 @@ fn member(out: &mut String, op: &str, name: &str, value: &Value) {
             let entry = format!("{op}ResultEntry");
             items.iter().for_each(|v| element_with(out, op, &entry, v));
         }
+        ("Results", Value::Array(items)) => {
+            items
+                .iter()
+                .for_each(|v| element_with(out, op, &format!("{op}ResultEntry"), v));
+        }
         ("Failed", Value::Array(items)) => {
             items
                 .iter()

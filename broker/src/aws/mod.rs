@@ -15,6 +15,7 @@
 pub mod mapping;
 pub mod meta;
 pub mod sqs;
+pub mod tasks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

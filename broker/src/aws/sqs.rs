@@ -30,6 +30,7 @@ use bytes::Bytes;
 
 use super::mapping;
 use super::meta::{MetaStore, QueueMeta};
+use super::tasks::{self, MoveTask};
 use crate::engine::{
     Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
 };
@@ -81,6 +82,8 @@ pub struct SqsEngine {
     /// FIFO sequence numbers: increasing across the process, seeded by the clock so they keep
     /// increasing across restarts.
     sequence: AtomicU64,
+    /// Message move tasks of this process, oldest first.
+    move_tasks: Mutex<Vec<Arc<MoveTask>>>,
 }
 
 /// A queue found from a request's QueueUrl.
@@ -99,6 +102,7 @@ impl SqsEngine {
             boot: rand::random(),
             dedup: Mutex::new(HashMap::new()),
             sequence: AtomicU64::new(now_ms() * 1_000),
+            move_tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -686,6 +690,184 @@ impl SqsEngine {
         ))
     }
 
+    /// A queue of the caller's account and region by ARN.
+    fn find_by_arn(&self, ctx: &RequestContext, arn: &str, param: &str) -> Result<Found, AwsError> {
+        let name = arn.rsplit(':').next().unwrap_or("");
+        if arn != ctx.queue_arn(name) {
+            return Err(AwsError::resource_not_found(format!(
+                "The resource that you specified for the {param} parameter doesn't exist."
+            )));
+        }
+        self.find_by_name(ctx, name).map_err(|_| {
+            AwsError::resource_not_found(format!(
+                "The resource that you specified for the {param} parameter doesn't exist."
+            ))
+        })
+    }
+
+    fn start_move_task(
+        &self,
+        ctx: &RequestContext,
+        i: StartMessageMoveTaskInput,
+    ) -> Result<SqsResponse, AwsError> {
+        let source = self.find_by_arn(ctx, &i.source_arn, "SourceArn")?;
+        let is_dlq = self
+            .meta
+            .in_vhost(&Self::vhost_name(ctx))
+            .into_iter()
+            .any(|(_, m)| {
+                m.config()
+                    .redrive_policy
+                    .is_some_and(|r| r.dead_letter_target_arn == i.source_arn)
+            });
+        if !is_dlq {
+            return Err(AwsError::invalid_parameter_value(
+                "Source queue must be configured as a Dead Letter Queue.",
+            ));
+        }
+        let destination = match &i.destination_arn {
+            Some(arn) => Some(
+                self.find_by_arn(ctx, arn, "DestinationArn")?
+                    .queue
+                    .name
+                    .clone(),
+            ),
+            None => None,
+        };
+        let mut all = self.move_tasks.lock();
+        if all
+            .iter()
+            .any(|t| t.source_arn == i.source_arn && t.running())
+        {
+            return Err(AwsError::unsupported_operation(
+                "There is already a task running. Only one active task is allowed for a source queue arn at a given time.",
+            ));
+        }
+        let task = MoveTask::new(
+            uuid::Uuid::new_v4().to_string(),
+            i.source_arn.clone(),
+            i.destination_arn.clone(),
+            i.max_number_of_messages_per_second,
+            i64::from(source.queue.message_count()),
+            now_ms() as i64,
+        );
+        all.push(task.clone());
+        let handle = task.handle.clone();
+        tokio::spawn(tasks::run(
+            task,
+            self.engine.clone(),
+            source.vhost,
+            source.queue,
+            destination,
+        ));
+        Ok(SqsResponse::StartMessageMoveTask(
+            StartMessageMoveTaskOutput {
+                task_handle: handle,
+            },
+        ))
+    }
+
+    /// AddPermission: a statement in the queue's Policy document (reported by
+    /// GetQueueAttributes; Wharf has no IAM, so it grants nothing by itself).
+    fn add_permission(
+        &self,
+        ctx: &RequestContext,
+        i: AddPermissionInput,
+    ) -> Result<SqsResponse, AwsError> {
+        const ACTIONS: &[&str] = &[
+            "*",
+            "SendMessage",
+            "ReceiveMessage",
+            "DeleteMessage",
+            "ChangeMessageVisibility",
+            "GetQueueAttributes",
+            "GetQueueUrl",
+            "ListDeadLetterSourceQueues",
+            "PurgeQueue",
+            "ListQueueTags",
+            "SendMessageBatch",
+            "DeleteMessageBatch",
+            "ChangeMessageVisibilityBatch",
+        ];
+        if let Some(bad) = i.actions.iter().find(|a| !ACTIONS.contains(&a.as_str())) {
+            return Err(AwsError::invalid_parameter_value(format!(
+                "Value SQS:{bad} for parameter ActionName is invalid. Reason: Please refer to the appropriate WSDL for a list of valid actions."
+            )));
+        }
+        let f = self.find(ctx, &i.queue_url)?;
+        let arn = ctx.queue_arn(&f.queue.name);
+        let mut policy = f
+            .config
+            .policy
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .unwrap_or_else(|| {
+                serde_json::json!({"Version": "2012-10-17", "Id": format!("{arn}/SQSDefaultPolicy"), "Statement": []})
+            });
+        let statements = policy["Statement"].as_array_mut().ok_or_else(|| {
+            AwsError::invalid_parameter_value("The queue's Policy has no Statement list.")
+        })?;
+        if statements.iter().any(|s| s["Sid"] == i.label.as_str()) {
+            return Err(AwsError::invalid_parameter_value(format!(
+                "Value {} for parameter Label is invalid. Reason: Already exists.",
+                i.label
+            )));
+        }
+        let principals: Vec<String> = i
+            .aws_account_ids
+            .iter()
+            .map(|a| format!("arn:aws:iam::{a}:root"))
+            .collect();
+        let actions: Vec<String> = i.actions.iter().map(|a| format!("SQS:{a}")).collect();
+        statements.push(serde_json::json!({
+            "Sid": i.label, "Effect": "Allow", "Principal": {"AWS": principals},
+            "Action": actions, "Resource": arn,
+        }));
+        let text = policy.to_string();
+        self.save_meta(ctx, &f, |m| {
+            m.attributes.insert("Policy".into(), text);
+            m.modified_secs = now_ms() / 1000;
+        })?;
+        Ok(SqsResponse::AddPermission(Empty {}))
+    }
+
+    fn remove_permission(
+        &self,
+        ctx: &RequestContext,
+        i: RemovePermissionInput,
+    ) -> Result<SqsResponse, AwsError> {
+        let f = self.find(ctx, &i.queue_url)?;
+        let not_found = || {
+            AwsError::invalid_parameter_value(format!(
+                "Value {} for parameter Label is invalid. Reason: can't find label.",
+                i.label
+            ))
+        };
+        let mut policy = f
+            .config
+            .policy
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .ok_or_else(not_found)?;
+        let statements = policy["Statement"].as_array_mut().ok_or_else(not_found)?;
+        let before = statements.len();
+        statements.retain(|s| s["Sid"] != i.label.as_str());
+        if statements.len() == before {
+            return Err(not_found());
+        }
+        let empty = statements.is_empty();
+        let text = policy.to_string();
+        self.save_meta(ctx, &f, |m| {
+            if empty {
+                m.attributes.remove("Policy");
+            } else {
+                m.attributes.insert("Policy".into(), text);
+            }
+            m.modified_secs = now_ms() / 1000;
+        })?;
+        Ok(SqsResponse::RemovePermission(Empty {}))
+    }
+
     async fn dispatch(
         &self,
         ctx: &RequestContext,
@@ -803,6 +985,37 @@ impl SqsEngine {
                 SqsResponse::ListQueueTags(TagsOutput { tags: f.meta.tags })
             }
             R::ListDeadLetterSourceQueues(i) => return self.dead_letter_sources(ctx, i),
+            R::StartMessageMoveTask(i) => return self.start_move_task(ctx, i),
+            R::ListMessageMoveTasks(i) => {
+                self.find_by_arn(ctx, &i.source_arn, "SourceArn")?;
+                let all = self.move_tasks.lock();
+                let results = all
+                    .iter()
+                    .rev()
+                    .filter(|t| t.source_arn == i.source_arn)
+                    .take(i.max_results.unwrap_or(1) as usize)
+                    .map(|t| t.report())
+                    .collect();
+                SqsResponse::ListMessageMoveTasks(ListMessageMoveTasksOutput { results })
+            }
+            R::CancelMessageMoveTask(i) => {
+                let task = self
+                    .move_tasks
+                    .lock()
+                    .iter()
+                    .find(|t| t.handle == i.task_handle && t.running())
+                    .cloned()
+                    .ok_or_else(|| {
+                        AwsError::resource_not_found(
+                            "The resource that you specified for the TaskHandle parameter doesn't exist.",
+                        )
+                    })?;
+                SqsResponse::CancelMessageMoveTask(CancelMessageMoveTaskOutput {
+                    approximate_number_of_messages_moved: task.cancel(),
+                })
+            }
+            R::AddPermission(i) => return self.add_permission(ctx, i),
+            R::RemovePermission(i) => return self.remove_permission(ctx, i),
         })
     }
 }
