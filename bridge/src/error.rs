@@ -104,7 +104,6 @@ aws_errors! {
         "com.amazonaws.sqs#UnsupportedOperation", 400;
     resource_not_found => "ResourceNotFoundException",
         "com.amazonaws.sqs#ResourceNotFoundException", 404;
-    over_limit => "OverLimit", "com.amazonaws.sqs#OverLimit", 403;
 }
 
 /// The XML namespace of SQS Query responses (API version 2012-11-05).

@@ -8,10 +8,12 @@
 //! - [`md5`]: MD5OfMessageBody / MD5OfMessageAttributes / MD5OfMessageSystemAttributes.
 //! - [`sqs`]: SQS requests and responses for both wire protocols, attribute validation, and the
 //!   [`sqs::SqsBackend`] trait.
+//! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;
 pub mod md5;
 pub mod sigv4;
 pub mod sqs;
+pub mod sts;
 
 pub use error::{AwsError, Fault};

@@ -802,3 +802,25 @@ def test_add_and_remove_permission(sqs, qname):
     with pytest.raises(ClientError) as e:
         sqs.remove_permission(QueueUrl=url, Label="AliceSend")
     assert code(e) == "InvalidParameterValue"
+
+
+def test_sts_get_caller_identity(broker, tmp_path):
+    sts = boto3.client("sts", endpoint_url=f"http://127.0.0.1:{broker.http_port}", region_name=REGION,
+                       aws_access_key_id="guest", aws_secret_access_key="guest")
+    who = sts.get_caller_identity()
+    assert who["Account"] == ACCOUNT
+    assert who["Arn"] == f"arn:aws:iam::{ACCOUNT}:user/guest"
+    assert who["UserId"] == "guest"
+    bad = boto3.client("sts", endpoint_url=f"http://127.0.0.1:{broker.http_port}", region_name=REGION,
+                       aws_access_key_id="guest", aws_secret_access_key="wrong")
+    with pytest.raises(ClientError) as e:
+        bad.get_caller_identity()
+    assert code(e) == "SignatureDoesNotMatch"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="guest", AWS_SECRET_ACCESS_KEY="guest",
+               AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    out = subprocess.run([sys.executable, "-m", "awscli", "sts", "get-caller-identity", "--endpoint-url",
+                          f"http://127.0.0.1:{broker.http_port}", "--output", "json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["Account"] == ACCOUNT

@@ -109,11 +109,13 @@ pub async fn serve(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Sqs,
+    /// GetCallerIdentity only (bridge::sts).
+    Sts,
     /// Another AWS service's target or signing scope: not served here.
     Other,
 }
 
-fn service_of(parts: &http::request::Parts, scope: Option<&sigv4::Scope>) -> Service {
+fn service_of(parts: &http::request::Parts, body: &[u8], scope: Option<&sigv4::Scope>) -> Service {
     if let Some(target) = parts
         .headers
         .get("x-amz-target")
@@ -125,7 +127,11 @@ fn service_of(parts: &http::request::Parts, scope: Option<&sigv4::Scope>) -> Ser
             Service::Other
         };
     }
-    match scope.map(|s| s.service.as_str()) {
+    let service = scope.map(|s| s.service.as_str());
+    if bridge::sts::is_sts(service, parts, body) {
+        return Service::Sts;
+    }
+    match service {
         None | Some("sqs") => Service::Sqs,
         Some(_) => Service::Other,
     }
@@ -152,7 +158,8 @@ async fn handle(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    if service_of(&parts, signed.as_ref().map(|s| &s.scope)) == Service::Other {
+    let service = service_of(&parts, &body, signed.as_ref().map(|s| &s.scope));
+    if service == Service::Other {
         let op = parts
             .headers
             .get("x-amz-target")
@@ -160,10 +167,33 @@ async fn handle(
             .unwrap_or("");
         return fail(bridge::sqs::unknown_operation(protocol, op));
     }
-    let (account_id, region, access_key_id) = match authenticate(ctx, &parts, &body, signed, peer) {
+    let caller = match authenticate(ctx, &parts, &body, signed, peer) {
         Ok(who) => who,
+        Err(e) if service == Service::Sts => {
+            return bridge::sts::error_response(&e, &request_id).map(Full::new)
+        }
         Err(e) => return fail(e),
     };
+    if service == Service::Sts {
+        let who = bridge::sts::Identity {
+            arn: match &caller.user {
+                Some(u) => format!("arn:aws:iam::{}:user/{u}", caller.account_id),
+                None => format!("arn:aws:iam::{}:root", caller.account_id),
+            },
+            user_id: caller
+                .access_key_id
+                .clone()
+                .unwrap_or_else(|| caller.account_id.clone()),
+            account: caller.account_id,
+        };
+        return bridge::sts::handle(&parts, &body, &who, &request_id).map(Full::new);
+    }
+    let Caller {
+        account_id,
+        region,
+        access_key_id,
+        ..
+    } = caller;
     let host = parts
         .headers
         .get(http::header::HOST)
@@ -183,6 +213,15 @@ async fn handle(
     resp.map(Full::new)
 }
 
+/// Who made a request, once authenticated.
+struct Caller {
+    account_id: String,
+    region: String,
+    access_key_id: Option<String>,
+    /// The Wharf user holding the key (SigV4 on).
+    user: Option<String>,
+}
+
 /// Checks the signature (when on) and says which account, region and key the request is for.
 fn authenticate(
     ctx: &AwsContext,
@@ -190,7 +229,7 @@ fn authenticate(
     body: &[u8],
     signed: Option<sigv4::SignedRequest>,
     peer: SocketAddr,
-) -> Result<(String, String, Option<String>), AwsError> {
+) -> Result<Caller, AwsError> {
     let cfg = &ctx.config;
     if !cfg.sigv4 {
         // The convention AWS emulators follow: a 12-digit access key id names the account.
@@ -202,9 +241,19 @@ fn authenticate(
                 } else {
                     cfg.account_id.clone()
                 };
-                (account, s.scope.region, Some(key))
+                Caller {
+                    account_id: account,
+                    region: s.scope.region,
+                    access_key_id: Some(key),
+                    user: None,
+                }
             }
-            None => (cfg.account_id.clone(), cfg.region.clone(), None),
+            None => Caller {
+                account_id: cfg.account_id.clone(),
+                region: cfg.region.clone(),
+                access_key_id: None,
+                user: None,
+            },
         });
     }
     let signed = signed.ok_or_else(|| {
@@ -236,9 +285,10 @@ fn authenticate(
             user.name
         )));
     }
-    Ok((
-        cfg.account_id.clone(),
-        signed.scope.region,
-        Some(signed.scope.access_key_id),
-    ))
+    Ok(Caller {
+        account_id: cfg.account_id.clone(),
+        region: signed.scope.region,
+        access_key_id: Some(signed.scope.access_key_id),
+        user: Some(user.name),
+    })
 }
