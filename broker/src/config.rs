@@ -142,6 +142,14 @@ section! {
         /// Starts only when `tls.cert_file` and `tls.key_file` are set; logs
         /// `listening protocol=wss`.
         pub wss_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15673))),
+        /// HTTP listener for the AWS APIs (SQS, JSON and Query protocols): `IP:PORT`, a bare
+        /// `PORT`, or `off`. 4566 is the port AWS emulators use. Port 0 picks a free port; the log
+        /// line `listening protocol=http addr=IP:PORT` tells which.
+        pub http_listen: Listen = Listen::Addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4566))),
+        /// Verify the AWS Signature Version 4 of every HTTP API request against the users'
+        /// access keys (`on`/`off`). Off only for local testing: any request is then accepted,
+        /// and a 12-digit access key id names the account.
+        pub sigv4: bool = true,
         /// Virtual hosts that exist at start (more may come from the durable definitions).
         /// In the environment: comma-separated.
         pub vhosts: Vec<String> = vec!["/".to_string()],
@@ -172,6 +180,8 @@ section! {
         pub stomp: StompSection = StompSection::default(),
         /// TLS settings of the TLS listeners (the `[tls]` table).
         pub tls: TlsSection = TlsSection::default(),
+        /// AWS API settings (the `[aws]` table).
+        pub aws: AwsSection = AwsSection::default(),
     }
 }
 
@@ -204,6 +214,20 @@ section! {
         /// Seconds a client gets to complete the TLS handshake (and the WebSocket upgrade)
         /// before the connection is dropped.
         pub handshake_timeout_secs: u64 = 10,
+    }
+}
+
+section! {
+    /// The `[aws]` table: where AWS API resources live in the engine.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct AwsSection {
+        /// The 12-digit account id queue URLs and ARNs carry, for signed requests and for
+        /// unsigned ones without a 12-digit access key id. Resources of account A in region R
+        /// live in the vhost `aws:A:R`, created on first use.
+        pub account_id: String = "000000000000".to_string(),
+        /// Region used when a request carries no SigV4 credential scope.
+        pub region: String = "us-east-1".to_string(),
     }
 }
 
@@ -287,17 +311,24 @@ section! {
         pub loopback_only: bool = false,
         /// Vhosts this user may open. Empty means all of them.
         pub vhosts: Vec<String> = Vec::new(),
+        /// AWS access key id for the HTTP APIs (SigV4). Empty: this user has no AWS key.
+        pub access_key_id: String = String::new(),
+        /// The secret of `access_key_id`, in plain text like `password`.
+        pub secret_access_key: String = String::new(),
     }
 }
 
 impl UserConfig {
-    /// RabbitMQ's default user: guest/guest, from localhost only.
+    /// RabbitMQ's default user: guest/guest, from localhost only; its development AWS key
+    /// pair is guest/guest too (the AWS CLI and SDKs accept any non-empty strings).
     fn guest() -> Self {
         UserConfig {
             name: "guest".into(),
             password: "guest".into(),
             loopback_only: true,
             vhosts: Vec::new(),
+            access_key_id: "guest".into(),
+            secret_access_key: "guest".into(),
         }
     }
 }
@@ -382,8 +413,8 @@ pub struct ListenerSpec {
     pub tls: bool,
 }
 
-/// Every listener, in start order. Planned rows: http 4566, management 15672. main.rs has
-/// the serve arm of each.
+/// Every listener, in start order. Planned row: management 15672. main.rs has the serve arm of
+/// each.
 pub const LISTENERS: &[ListenerSpec] = &[
     ListenerSpec {
         protocol: "amqp",
@@ -441,11 +472,21 @@ pub const LISTENERS: &[ListenerSpec] = &[
         listen: |c| c.wss_listen,
         tls: true,
     },
+    ListenerSpec {
+        protocol: "http",
+        key: "http_listen",
+        flag: "http-listen",
+        listen: |c| c.http_listen,
+        tls: false,
+    },
 ];
 
 /// Flags that set a config key, besides the listeners': (key, flag, value name).
-const FLAG_OPTIONS: &[(&str, &str, &str)] =
-    &[("data_dir", "data-dir", "DIR"), ("log", "log", "FILTER")];
+const FLAG_OPTIONS: &[(&str, &str, &str)] = &[
+    ("data_dir", "data-dir", "DIR"),
+    ("log", "log", "FILTER"),
+    ("sigv4", "sigv4", "on|off"),
+];
 
 /// Prefix of the environment variables read as configuration.
 const ENV_PREFIX: &str = "WHARF_";
@@ -825,12 +866,29 @@ impl Config {
                     u.name
                 ));
             }
+            if u.access_key_id.is_empty() != u.secret_access_key.is_empty() {
+                errors.push(format!(
+                    "users[{i}]: access_key_id and secret_access_key go together (user {:?})",
+                    u.name
+                ));
+            }
             if u.password.is_empty() {
                 errors.push(format!(
                     "users[{i}].password: must not be empty (user {:?})",
                     u.name
                 ));
             }
+        }
+        if self.aws.account_id.len() != 12
+            || !self.aws.account_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            errors.push(format!(
+                "aws.account_id: {:?} must be 12 digits",
+                self.aws.account_id
+            ));
+        }
+        if self.aws.region.is_empty() {
+            errors.push("aws.region: must not be empty".to_string());
         }
         if self.memory_high_watermark_bytes == 0 {
             errors.push("memory_high_watermark_bytes: must be above 0".to_string());
@@ -956,6 +1014,8 @@ impl Config {
                     password: u.password.clone(),
                     loopback_only: u.loopback_only,
                     vhosts: u.vhosts.clone(),
+                    access_key_id: u.access_key_id.clone(),
+                    secret_access_key: u.secret_access_key.clone(),
                 })
                 .collect(),
             memory_high_watermark_bytes: self.memory_high_watermark_bytes,
@@ -971,6 +1031,15 @@ impl Config {
             channel_max: self.amqp.channel_max,
             heartbeat_secs: self.amqp.heartbeat_secs,
             message_bytes_max: self.amqp.message_bytes_max,
+        }
+    }
+
+    /// The AWS APIs' part of the configuration.
+    pub fn aws_config(&self) -> crate::aws::AwsConfig {
+        crate::aws::AwsConfig {
+            sigv4: self.sigv4,
+            account_id: self.aws.account_id.clone(),
+            region: self.aws.region.clone(),
         }
     }
 
@@ -1072,6 +1141,7 @@ const SECTIONS: &[(&str, &[FieldDoc])] = &[
     ("mqtt", MqttSection::FIELDS),
     ("stomp", StompSection::FIELDS),
     ("tls", TlsSection::FIELDS),
+    ("aws", AwsSection::FIELDS),
 ];
 
 fn field_doc(key: &str) -> Option<&'static FieldDoc> {
@@ -1293,6 +1363,8 @@ mod tests {
                 password: "secret".into(),
                 loopback_only: false,
                 vhosts: vec![],
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
             }]
         );
     }

@@ -5,8 +5,10 @@
 //! - [`store`]: the append-only segment log that makes persistent messages durable.
 //! - [`protocol`]: one session module per wire protocol, translating frames to engine calls.
 //! - [`net`]: listeners, accept loops, graceful shutdown.
+//! - [`aws`]: the HTTP listener for the AWS APIs, mounting `bridge/` on the engine.
 //! - [`config`]: every option, its default and how it is layered.
 
+pub mod aws;
 pub mod config;
 pub mod engine;
 pub mod net;

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use wharf::aws::AwsContext;
 use wharf::config::{self, Config, LoadError, Loaded, LISTENERS};
 use wharf::engine::Engine;
 use wharf::net::tls::Tls;
@@ -230,6 +231,10 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
+    if !config.sigv4 {
+        tracing::warn!("sigv4 is off: AWS API requests are not authenticated");
+    }
     let stomp_ctx = Arc::new(StompContext {
         engine: engine.clone(),
         config: config.stomp_config(),
@@ -252,6 +257,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
             "mqtt" | "mqtts" => listen(&mut listeners, b, mqtt_ctx.clone(), tls),
             "stomp" | "stomps" => listen(&mut listeners, b, stomp_ctx.clone(), tls),
             "ws" | "wss" => listen(&mut listeners, b, ws_services.clone(), tls),
+            "http" => listen(&mut listeners, b, aws_ctx.clone(), tls),
             other => unreachable!("listener {other} has a row in LISTENERS but no serve arm"),
         }
     }
@@ -273,6 +279,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     drop(mqtt_ctx);
     drop(stomp_ctx);
     drop(ws_services);
+    drop(aws_ctx);
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("WHARF_TEST_AMQP_URL") or None
 LISTEN_RE = re.compile(r"listening protocol=amqp addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
-# Every listener: amqp, mqtt, stomp, amqps, mqtts, stomps, ws, wss.
+# Every listener: amqp, mqtt, stomp, amqps, mqtts, stomps, ws, wss, http.
 ANY_LISTEN_RE = re.compile(r"listening protocol=(\w+) addr=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 # Listeners on in every test broker; the TLS ones only when a certificate is configured.
-PLAIN_PROTOCOLS = ("amqp", "mqtt", "stomp", "ws")
+PLAIN_PROTOCOLS = ("amqp", "mqtt", "stomp", "ws", "http")
 TLS_PROTOCOLS = ("amqps", "mqtts", "stomps", "wss")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 30.0
@@ -59,6 +59,7 @@ class BrokerBase:
     port = None
     mqtt_port = None
     stomp_port = None
+    http_port = None
     vhost = "/"
     user = "guest"
     password = "guest"
@@ -108,17 +109,20 @@ class ExternalBroker(BrokerBase):
 class WharfProcess(BrokerBase):
     """One wharf process on an ephemeral port with its own data directory."""
 
-    def __init__(self, data_dir, binary=None, env=None):
+    def __init__(self, data_dir, binary=None, env=None, extra_args=()):
         self.binary = Path(binary or wharf_bin())
         self.data_dir = Path(data_dir)
         # Extra environment (WHARF_TLS__CERT_FILE...): configuration for this broker.
         self.extra_env = dict(env or {})
+        # Extra command-line arguments (`--sigv4 off`...).
+        self.extra_args = list(extra_args)
         # protocol -> port, from the `listening` lines of the current run.
         self.ports = {}
         self.proc = None
         self.port = None
         self.mqtt_port = None
         self.stomp_port = None
+        self.http_port = None
         self._log = []
         self._log_lock = threading.Lock()
         self.starts = 0
@@ -188,6 +192,9 @@ class WharfProcess(BrokerBase):
                 "127.0.0.1:0",
                 "--wss-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -225,6 +232,7 @@ class WharfProcess(BrokerBase):
             time.sleep(0.01)
         self.mqtt_port = self.ports.get("mqtt")
         self.stomp_port = self.ports.get("stomp")
+        self.http_port = self.ports.get("http")
         return self
 
     @property

@@ -1,7 +1,7 @@
 //! Test harness: starts a real wharf process on ephemeral ports.
 //!
 //! [`Broker::start`] runs `$WHARF_BIN` (default `<repo>/target/release/wharf`) with a fresh data
-//! directory, `--amqp-listen 127.0.0.1:0`, `--mqtt-listen 127.0.0.1:0` (and `--stomp-listen`), and reads the ports
+//! directory with every plain listener on `127.0.0.1:0` (`--http-listen off`), and reads the ports
 //! from the `listening protocol=amqp addr=IP:PORT` and `listening protocol=mqtt addr=IP:PORT`
 //! lines on its stderr. The log is kept and printed when a
 //! test panics while the broker is alive.
@@ -228,6 +228,9 @@ impl Broker {
             .args(["--stomps-listen", "127.0.0.1:0"])
             .args(["--wss-listen", "127.0.0.1:0"])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Not used by these tests; off so that parallel brokers do not contend for 4566.
+            .arg("--http-listen")
+            .arg("off")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

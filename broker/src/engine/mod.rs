@@ -25,7 +25,10 @@ use tokio::sync::{mpsc, watch};
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSettings};
 pub use message::{Message, Properties, SharedMessage, Table, Value};
-pub use queue::{ConsumerSpec, Enqueued, GetMode, Queue, QueueArgs, QueueSettings, Settle};
+pub use queue::{
+    ConsumerSpec, Enqueued, GetMode, Queue, QueueArgs, QueueSettings, Received, Redrive, Settle,
+    GROUP_ID_HEADER,
+};
 pub use vhost::{PublishOutcome, Vhost};
 
 use crate::store::{Lsn, Store, StoreOptions};
@@ -118,6 +121,9 @@ pub struct User {
     pub loopback_only: bool,
     /// Vhosts this user may open; empty = all.
     pub vhosts: Vec<String>,
+    /// AWS access key for the HTTP APIs (SigV4); empty = none.
+    pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 /// Why a login was refused.
@@ -152,6 +158,8 @@ impl Default for EngineConfig {
                 password: "guest".into(),
                 loopback_only: true,
                 vhosts: Vec::new(),
+                access_key_id: "guest".into(),
+                secret_access_key: "guest".into(),
             }],
             memory_high_watermark_bytes: 1 << 30,
             fsync: true,
@@ -353,6 +361,31 @@ impl Engine {
             return Err(AuthError::LoopbackOnly);
         }
         Ok(u.clone())
+    }
+
+    /// The user holding an AWS access key id (SigV4).
+    pub fn user_by_access_key(&self, access_key_id: &str) -> Option<User> {
+        self.users
+            .values()
+            .find(|u| !u.access_key_id.is_empty() && u.access_key_id == access_key_id)
+            .cloned()
+    }
+
+    /// The vhost `name`, created (and made durable) when missing: AWS accounts and regions
+    /// get theirs on first use.
+    pub fn ensure_vhost(&self, name: &str) -> EngineResult<Arc<Vhost>> {
+        if let Some(v) = self.shared.vhost(name) {
+            return Ok(v);
+        }
+        let v = self
+            .shared
+            .vhosts
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| Vhost::new(name.to_string(), self.shared.clone()))
+            .clone();
+        self.shared.save_definitions()?;
+        Ok(v)
     }
 
     /// Looks a user up without a password (MQTT's anonymous user).

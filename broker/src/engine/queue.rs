@@ -10,7 +10,7 @@
 //! - `Outbound` events are sent while the state lock is held, so a consumer sees deliveries of one
 //!   queue in dispatch order; senders are unbounded and never block.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +44,10 @@ pub struct QueueArgs {
     pub dead_letter_routing_key: Option<String>,
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
+    /// `x-delivery-limit` (RabbitMQ's quorum-queue argument; SQS's maxReceiveCount): a message
+    /// already delivered this many times is dead-lettered (reason `delivery_limit`) instead of
+    /// being received again.
+    pub delivery_limit: Option<u32>,
 }
 
 impl QueueArgs {
@@ -110,6 +114,7 @@ impl QueueArgs {
             dead_letter_routing_key: string("x-dead-letter-routing-key")?,
             max_priority,
             single_active_consumer,
+            delivery_limit: non_neg("x-delivery-limit")?.map(|n| n.min(u32::MAX as u64) as u32),
         })
     }
 }
@@ -176,6 +181,7 @@ pub enum DeathReason {
     Rejected,
     Expired,
     MaxLen,
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -184,6 +190,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -198,6 +205,11 @@ struct Entry {
     delivery_count: u32,
     redelivered: bool,
     priority: u8,
+    /// When the queue accepted it, ms since the epoch (SQS SentTimestamp).
+    enqueued_ms: u64,
+    /// When it was first delivered, ms since the epoch; 0 = never (SQS
+    /// ApproximateFirstReceiveTimestamp).
+    first_delivered_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +245,9 @@ struct State {
     in_flight: HashMap<DeliveryId, InFlight>,
     next_delivery_id: DeliveryId,
     consumers: Vec<Consumer>,
+    /// No deadline lease lapses before this instant (a lower bound; `None`: no deadline
+    /// lease).
+    next_deadline: Option<Instant>,
     /// Round-robin position among consumers of equal priority.
     next_consumer: usize,
     had_consumer: bool,
@@ -254,6 +269,30 @@ pub struct Queue {
     me: Weak<Queue>,
     shared: Arc<Shared>,
     state: Mutex<State>,
+    /// Woken whenever a message becomes ready, so that pull receivers (SQS long polling) wait
+    /// for an arrival instead of polling.
+    arrivals: tokio::sync::Notify,
+}
+
+/// Where [`Queue::receive`] moves a message received too often (SQS RedrivePolicy). It
+/// overrides the queue's `x-delivery-limit`/DLX because SQS attributes can change after the
+/// queue was declared, and x-arguments cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redrive {
+    /// Deliveries after which the next receive moves the message (maxReceiveCount).
+    pub max_receive_count: u32,
+    /// Queue of the same vhost the message moves to, through the default exchange.
+    pub dead_letter_queue: String,
+}
+
+/// A message taken by [`Queue::receive`], with the times SQS reports.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub delivery: Delivery,
+    /// When the queue accepted it, ms since the epoch.
+    pub enqueued_ms: u64,
+    /// When it was first delivered, ms since the epoch.
+    pub first_delivered_ms: u64,
 }
 
 /// What became of a message offered to a queue.
@@ -264,6 +303,19 @@ pub enum Enqueued {
     },
     /// The queue is full and its overflow policy refuses publishes.
     Rejected,
+}
+
+/// Header naming a message's group (SQS MessageGroupId): FIFO receives hold a group while one
+/// of its messages is in flight.
+pub const GROUP_ID_HEADER: &str = "x-message-group-id";
+
+fn group_of(msg: &Message) -> Option<Arc<str>> {
+    msg.properties
+        .headers
+        .as_ref()?
+        .get(GROUP_ID_HEADER)?
+        .as_str()
+        .map(Arc::from)
 }
 
 fn now_millis() -> u64 {
@@ -291,6 +343,7 @@ impl Queue {
             args,
             me: me.clone(),
             shared,
+            arrivals: tokio::sync::Notify::new(),
             state: Mutex::new(State {
                 ready: (0..lanes).map(|_| VecDeque::new()).collect(),
                 ready_count: 0,
@@ -299,6 +352,7 @@ impl Queue {
                 in_flight: HashMap::new(),
                 next_delivery_id: 1,
                 consumers: Vec::new(),
+                next_deadline: None,
                 next_consumer: 0,
                 had_consumer: false,
                 last_used: Instant::now(),
@@ -341,6 +395,24 @@ impl Queue {
     /// Offers a published message. `encoded` caches the store encoding across the queues of
     /// one publish so a fan-out encodes once.
     pub fn publish(&self, msg: &SharedMessage, encoded: &mut Option<Bytes>) -> Enqueued {
+        self.publish_delayed(msg, encoded, Duration::ZERO)
+    }
+
+    /// Waits until a message may have become ready. Create the future (and `enable` it)
+    /// before checking the queue, so that an arrival in between is not missed.
+    pub fn arrivals(&self) -> tokio::sync::futures::Notified<'_> {
+        self.arrivals.notified()
+    }
+
+    /// [`Queue::publish`] with a delay (SQS DelaySeconds): the message is held as delayed and
+    /// becomes ready at `now + delay`. A restart makes a persisted delayed message ready at
+    /// once.
+    pub fn publish_delayed(
+        &self,
+        msg: &SharedMessage,
+        encoded: &mut Option<Bytes>,
+        delay: Duration,
+    ) -> Enqueued {
         let now = Instant::now();
         let mut dead = DeadLetters::new();
         let result = {
@@ -390,6 +462,13 @@ impl Queue {
             }
             let entry = self.entry(msg.clone(), msg_id, now);
             self.shared.memory_add(msg.size_bytes() as i64);
+            if !delay.is_zero() {
+                // Keyed by deadline, then by a unique id so equal deadlines keep their order.
+                let seq = st.next_delivery_id;
+                st.next_delivery_id += 1;
+                st.delayed.insert((now + delay, seq), entry);
+                return Enqueued::Accepted { lsn };
+            }
             self.push_ready(&mut st, entry, false);
             self.dispatch(&mut st, now, &mut dead);
             // A TTL of zero means "deliver now or never": whatever no consumer took expires.
@@ -426,6 +505,8 @@ impl Queue {
             delivery_count: 0,
             redelivered: false,
             priority,
+            enqueued_ms: now_millis(),
+            first_delivered_ms: 0,
         }
     }
 
@@ -439,7 +520,43 @@ impl Queue {
                 .is_some_and(|max| st.ready_bytes + incoming_bytes > max)
     }
 
+    /// Deadline leases that have lapsed put their messages back at the head. Scans the
+    /// in-flight set only once the earliest known deadline has passed, so a receive does not
+    /// pay for every in-flight message.
+    fn requeue_lapsed(&self, st: &mut State, now: Instant) {
+        if st.next_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let mut lapsed = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, f) in &st.in_flight {
+            if let Lease::Deadline { at } = f.lease {
+                if at <= now {
+                    lapsed.push(*id);
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        st.next_deadline = next;
+        // Oldest delivery first at the head, as settle() requeues.
+        lapsed.sort_unstable();
+        for id in lapsed.into_iter().rev() {
+            if let Some(f) = st.in_flight.remove(&id) {
+                let mut entry = f.entry;
+                entry.redelivered = true;
+                self.push_ready(st, entry, true);
+            }
+        }
+    }
+
+    fn note_deadline(st: &mut State, at: Instant) {
+        st.next_deadline = Some(st.next_deadline.map_or(at, |d| d.min(at)));
+    }
+
     fn push_ready(&self, st: &mut State, entry: Entry, front: bool) {
+        // Cheap when nobody waits; a waiter re-checks under the lock.
+        self.arrivals.notify_waiters();
         st.ready_count += 1;
         st.ready_bytes += entry.msg.body.len() as u64;
         let lane = &mut st.ready[entry.priority as usize];
@@ -456,6 +573,17 @@ impl Queue {
             .iter_mut()
             .rev()
             .find_map(|lane| lane.pop_front())?;
+        st.ready_count -= 1;
+        st.ready_bytes -= entry.msg.body.len() as u64;
+        Some(entry)
+    }
+
+    /// The first ready message (highest priority lane first) that `pred` accepts.
+    fn pop_ready_where(&self, st: &mut State, pred: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let entry = st.ready.iter_mut().rev().find_map(|lane| {
+            let pos = lane.iter().position(&pred)?;
+            lane.remove(pos)
+        })?;
         st.ready_count -= 1;
         st.ready_bytes -= entry.msg.body.len() as u64;
         Some(entry)
@@ -674,31 +802,75 @@ impl Queue {
     }
 
     /// Takes up to `max` messages under a deadline lease (SQS ReceiveMessage): each becomes
-    /// ready again after `visibility` unless settled first.
-    pub fn receive(&self, max: usize, visibility: Duration) -> Vec<Delivery> {
+    /// ready again after `visibility` unless settled first. A message already delivered
+    /// `x-delivery-limit` times is dead-lettered instead (SQS redrive).
+    pub fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        redrive: Option<&Redrive>,
+        by_group: bool,
+    ) -> Vec<Received> {
         let now = Instant::now();
         let mut dead = DeadLetters::new();
+        let mut redriven = Vec::new();
+        let limit = redrive
+            .map(|r| r.max_receive_count)
+            .or(self.args.delivery_limit);
         let mut out = Vec::new();
         {
             let mut st = self.state.lock();
             st.last_used = now;
+            self.requeue_lapsed(&mut st, now);
+            // FIFO: a group with a message in flight is held until that message is settled or
+            // visible again, so order within a group is strict.
+            let held: HashSet<Arc<str>> = if by_group {
+                st.in_flight
+                    .values()
+                    .filter_map(|f| group_of(&f.entry.msg))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
             while out.len() < max {
                 self.expire_heads(&mut st, now, &mut dead);
-                let Some(mut entry) = self.pop_ready(&mut st) else {
+                let next = if by_group {
+                    self.pop_ready_where(&mut st, |e| {
+                        group_of(&e.msg).is_none_or(|g| !held.contains(&g))
+                    })
+                } else {
+                    self.pop_ready(&mut st)
+                };
+                let Some(mut entry) = next else {
                     break;
                 };
+                if limit.is_some_and(|limit| entry.delivery_count >= limit) {
+                    match redrive {
+                        Some(_) => redriven.push(entry),
+                        None => dead.push((entry, DeathReason::DeliveryLimit)),
+                    }
+                    continue;
+                }
                 entry.delivery_count += 1;
+                if entry.first_delivered_ms == 0 {
+                    entry.first_delivered_ms = now_millis();
+                }
                 let id = st.next_delivery_id;
                 st.next_delivery_id += 1;
-                out.push(Delivery {
-                    queue: self.me.upgrade(),
-                    id,
-                    message: entry.msg.clone(),
-                    msg_id: entry.msg_id,
-                    redelivered: entry.redelivered,
-                    delivery_count: entry.delivery_count,
-                    message_count: st.ready_count as u32,
+                out.push(Received {
+                    delivery: Delivery {
+                        queue: self.me.upgrade(),
+                        id,
+                        message: entry.msg.clone(),
+                        msg_id: entry.msg_id,
+                        redelivered: entry.redelivered,
+                        delivery_count: entry.delivery_count,
+                        message_count: st.ready_count as u32,
+                    },
+                    enqueued_ms: entry.enqueued_ms,
+                    first_delivered_ms: entry.first_delivered_ms,
                 });
+                Self::note_deadline(&mut st, now + visibility);
                 st.in_flight.insert(
                     id,
                     InFlight {
@@ -711,7 +883,29 @@ impl Queue {
             }
         }
         self.dead_letter(dead);
+        if let Some(r) = redrive {
+            self.redrive(redriven, r);
+        }
         out
+    }
+
+    /// Moves messages to an SQS dead-letter queue with their history (x-death, receive count
+    /// kept in the headers by [`Queue::with_death`]). A missing queue drops them, as SQS does
+    /// when the DLQ was deleted.
+    fn redrive(&self, entries: Vec<Entry>, r: &Redrive) {
+        if entries.is_empty() {
+            return;
+        }
+        let vhost = self.shared.vhost(&self.vhost_name);
+        for entry in entries {
+            if let Some(v) = &vhost {
+                let mut msg = self.with_death(&entry.msg, DeathReason::DeliveryLimit);
+                msg.exchange = String::new();
+                msg.routing_key = r.dead_letter_queue.clone();
+                let _ = v.publish("", msg);
+            }
+            self.forget(&entry);
+        }
     }
 
     /// Settles in-flight messages by delivery id. Unknown ids are reported back (AMQP: 406
@@ -766,6 +960,31 @@ impl Queue {
         }
     }
 
+    /// Removes a message taken by [`Queue::receive`] (SQS DeleteMessage). Returns false when
+    /// `id` is not under a deadline lease: already deleted, or back to ready and received
+    /// again under another id. Consumer leases cannot be settled this way.
+    pub fn delete_received(&self, id: DeliveryId) -> bool {
+        {
+            let st = self.state.lock();
+            match st.in_flight.get(&id) {
+                Some(f) if matches!(f.lease, Lease::Deadline { .. }) => {}
+                _ => return false,
+            }
+        }
+        self.settle(&[id], Settle::Ack).is_empty()
+    }
+
+    /// Messages held by a deadline lease (SQS ApproximateNumberOfMessagesNotVisible), and by
+    /// any lease (AMQP unacked) in [`Queue::in_flight_count`].
+    pub fn received_count(&self) -> u32 {
+        self.state
+            .lock()
+            .in_flight
+            .values()
+            .filter(|f| matches!(f.lease, Lease::Deadline { .. }))
+            .count() as u32
+    }
+
     /// Changes the deadline of a message under a deadline lease (SQS ChangeMessageVisibility).
     /// A zero visibility makes it ready at once. Returns false when it is not in flight.
     pub fn change_visibility(&self, id: DeliveryId, visibility: Duration) -> bool {
@@ -780,6 +999,7 @@ impl Queue {
         inflight.lease = Lease::Deadline {
             at: now + visibility,
         };
+        Self::note_deadline(&mut st, now + visibility);
         if visibility.is_zero() {
             drop(st);
             self.settle(&[id], Settle::Requeue);
@@ -956,19 +1176,7 @@ impl Queue {
                 let e = entry.remove();
                 self.push_ready(&mut st, e, false);
             }
-            let lapsed: Vec<DeliveryId> = st
-                .in_flight
-                .iter()
-                .filter(|(_, f)| matches!(f.lease, Lease::Deadline { at } if at <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lapsed {
-                if let Some(f) = st.in_flight.remove(&id) {
-                    let mut entry = f.entry;
-                    entry.redelivered = true;
-                    self.push_ready(&mut st, entry, true);
-                }
-            }
+            self.requeue_lapsed(&mut st, now);
             self.expire_heads(&mut st, now, &mut dead);
             self.dispatch(&mut st, now, &mut dead);
             self.args.expires_ms.is_some_and(|ms| {
@@ -1076,5 +1284,190 @@ impl Queue {
             out.routing_key = key.clone();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pull delivery with deadline leases (SQS): delays, long-poll wake-ups, redrive, and
+    //! deleting by receipt.
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+
+    fn open() -> (tempfile::TempDir, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            fsync: false,
+            ..Default::default()
+        })
+        .unwrap();
+        (dir, engine)
+    }
+
+    fn declare(engine: &Engine, name: &str) -> Arc<Queue> {
+        let settings = QueueSettings {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: Table::new(),
+        };
+        engine
+            .vhost("/")
+            .unwrap()
+            .declare_queue(name, settings, false, 0)
+            .unwrap()
+            .0
+    }
+
+    fn msg(body: &'static str) -> SharedMessage {
+        Arc::new(Message::new("", "q", Bytes::from_static(body.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn delayed_message_becomes_ready_after_its_delay() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        q.publish_delayed(&msg("a"), &mut None, Duration::from_millis(200));
+        assert_eq!(q.delayed_count(), 1);
+        assert!(q
+            .receive(10, Duration::from_secs(30), None, false)
+            .is_empty());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let got = q.receive(10, Duration::from_secs(30), None, false);
+        assert_eq!(got.len(), 1);
+        assert_eq!(q.delayed_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn arrivals_wake_a_waiting_receiver() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let notified = q.arrivals();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if q.receive(1, Duration::from_secs(30), None, false)
+                    .is_empty()
+                {
+                    notified.await;
+                }
+                q.receive(1, Duration::from_secs(30), None, false).len()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q.publish(&msg("a"), &mut None);
+        let n = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken by the publish")
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn visibility_lapses_and_receive_count_grows() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        q.publish(&msg("a"), &mut None);
+        let first = q.receive(1, Duration::from_millis(100), None, false);
+        assert_eq!(first[0].delivery.delivery_count, 1);
+        assert!(first[0].first_delivered_ms >= first[0].enqueued_ms);
+        assert_eq!(q.received_count(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = q.receive(1, Duration::from_secs(30), None, false);
+        assert_eq!(second[0].delivery.delivery_count, 2);
+        assert_eq!(second[0].first_delivered_ms, first[0].first_delivered_ms);
+        // The stale receipt no longer deletes; the fresh one does.
+        assert!(!q.delete_received(first[0].delivery.id));
+        assert!(q.delete_received(second[0].delivery.id));
+        assert_eq!(q.received_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn redrive_moves_after_max_receive_count() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        let dlq = declare(&engine, "dlq");
+        let redrive = Redrive {
+            max_receive_count: 2,
+            dead_letter_queue: "dlq".into(),
+        };
+        q.publish(&msg("a"), &mut None);
+        for _ in 0..2 {
+            let got = q.receive(1, Duration::ZERO, Some(&redrive), false);
+            assert_eq!(got.len(), 1);
+            // Visibility 0: back to ready at once.
+            q.change_visibility(got[0].delivery.id, Duration::ZERO);
+        }
+        assert!(q
+            .receive(1, Duration::ZERO, Some(&redrive), false)
+            .is_empty());
+        let moved = dlq.receive(1, Duration::from_secs(30), None, false);
+        assert_eq!(moved.len(), 1);
+        let headers = moved[0]
+            .delivery
+            .message
+            .properties
+            .headers
+            .clone()
+            .unwrap();
+        assert_eq!(
+            headers.get("x-first-death-reason").and_then(Value::as_str),
+            Some("delivery_limit")
+        );
+    }
+
+    #[tokio::test]
+    async fn fifo_receive_holds_a_group_while_in_flight() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        let grouped = |g: &str, body: &'static str| {
+            let mut m = Message::new("", "q", Bytes::from_static(body.as_bytes()));
+            let mut h = Table::new();
+            h.insert(GROUP_ID_HEADER.into(), Value::long_string(g));
+            m.properties.headers = Some(h);
+            Arc::new(m)
+        };
+        for (g, b) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")] {
+            q.publish(&grouped(g, b), &mut None);
+        }
+        let vis = Duration::from_secs(30);
+        let bodies = |r: &[Received]| -> Vec<String> {
+            r.iter()
+                .map(|x| String::from_utf8_lossy(&x.delivery.message.body).into_owned())
+                .collect()
+        };
+        let first = q.receive(2, vis, None, true);
+        assert_eq!(bodies(&first), ["a1", "a2"]);
+        // Group a is held: only b's message is available.
+        let second = q.receive(10, vis, None, true);
+        assert_eq!(bodies(&second), ["b1"]);
+        assert!(q.receive(10, vis, None, true).is_empty());
+        for r in &first {
+            assert!(q.delete_received(r.delivery.id));
+        }
+        assert_eq!(bodies(&q.receive(10, vis, None, true)), ["a3"]);
+    }
+
+    #[tokio::test]
+    async fn delete_received_refuses_consumer_leases() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        q.publish(&msg("a"), &mut None);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let ch = ChannelHandle {
+            conn: 7,
+            channel: 1,
+            tx,
+            credit: Arc::new(ChannelCredit::default()),
+        };
+        let d = q.get(GetMode::Channel(ch)).unwrap();
+        assert!(
+            !q.delete_received(d.id),
+            "an AMQP lease is not an SQS receipt"
+        );
+        assert_eq!(q.in_flight_count(), 1);
     }
 }

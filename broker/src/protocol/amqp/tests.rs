@@ -1330,6 +1330,8 @@ async fn users_limited_to_some_vhosts() {
                 password: "p".into(),
                 loopback_only: false,
                 vhosts: vec!["other".into()],
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
             }],
             ..Default::default()
         },

@@ -1,0 +1,826 @@
+"""Amazon SQS against a real wharf: boto3 (JSON protocol), raw Query-protocol posts signed by
+botocore, the aws command line, and pika on the same queues."""
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+
+import boto3
+import pika
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from conftest import EXTERNAL_URL, WharfProcess
+
+pytestmark = pytest.mark.skipif(bool(EXTERNAL_URL), reason="SQS tests need a wharf of their own")
+
+ACCOUNT = "000000000000"
+REGION = "us-east-1"
+VHOST = f"aws:{ACCOUNT}:{REGION}"
+XMLNS = {"s": "http://queue.amazonaws.com/doc/2012-11-05/"}
+
+
+def client(broker, key="guest", secret="guest", region=REGION):
+    return boto3.client(
+        "sqs",
+        endpoint_url=f"http://127.0.0.1:{broker.http_port}",
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}, read_timeout=30),
+    )
+
+
+@pytest.fixture(scope="module")
+def sqs(broker):
+    return client(broker)
+
+
+@pytest.fixture
+def qname():
+    return f"q-{uuid.uuid4().hex[:12]}"
+
+
+def code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def status(excinfo):
+    return excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def md5_of_attributes(attrs):
+    """The digest as the SQS developer guide defines it, written independently of wharf."""
+    buf = b""
+    for name in sorted(attrs):
+        a = attrs[name]
+        buf += struct.pack(">I", len(name.encode())) + name.encode()
+        buf += struct.pack(">I", len(a["DataType"].encode())) + a["DataType"].encode()
+        if "BinaryValue" in a:
+            v = a["BinaryValue"]
+            buf += b"\x02" + struct.pack(">I", len(v)) + v
+        else:
+            v = a["StringValue"].encode()
+            buf += b"\x01" + struct.pack(">I", len(v)) + v
+    return hashlib.md5(buf).hexdigest()
+
+
+# -- queues -----------------------------------------------------------------------------------
+
+
+def test_create_get_list_delete_queue(sqs, qname, broker):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    assert url == f"http://127.0.0.1:{broker.http_port}/{ACCOUNT}/{qname}"
+    assert sqs.get_queue_url(QueueName=qname)["QueueUrl"] == url
+    assert url in sqs.list_queues(QueueNamePrefix=qname)["QueueUrls"]
+    sqs.delete_queue(QueueUrl=url)
+    with pytest.raises(ClientError) as e:
+        sqs.get_queue_url(QueueName=qname)
+    assert code(e) == "AWS.SimpleQueueService.NonExistentQueue"
+    assert status(e) == 400
+    assert "QueueUrls" not in sqs.list_queues(QueueNamePrefix=qname)
+
+
+def test_create_queue_is_idempotent_and_conflicts_on_other_attributes(sqs, qname):
+    a = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "40"})["QueueUrl"]
+    b = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "40"})["QueueUrl"]
+    assert a == b
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "41"})
+    assert code(e) == "QueueAlreadyExists"
+    assert status(e) == 400
+
+
+def test_create_queue_bad_name_and_attributes(sqs):
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName="has space")
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:8]}", Attributes={"DelaySeconds": "901"})
+    assert code(e) == "InvalidAttributeValue"
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:8]}", Attributes={"Colour": "red"})
+    assert code(e) == "InvalidAttributeName"
+
+
+def test_list_queues_prefix_and_pagination(sqs):
+    prefix = f"page-{uuid.uuid4().hex[:8]}-"
+    urls = sorted(sqs.create_queue(QueueName=f"{prefix}{i}")["QueueUrl"] for i in range(5))
+    seen, token = [], None
+    while True:
+        kw = {"QueueNamePrefix": prefix, "MaxResults": 2}
+        if token:
+            kw["NextToken"] = token
+        r = sqs.list_queues(**kw)
+        assert len(r["QueueUrls"]) <= 2
+        seen += r["QueueUrls"]
+        token = r.get("NextToken")
+        if not token:
+            break
+    assert seen == urls
+    with pytest.raises(ClientError) as e:
+        sqs.list_queues(MaxResults=1001)
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_queue_attributes_set_get_and_computed(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"DelaySeconds": "0"})["QueueUrl"]
+    sqs.set_queue_attributes(
+        QueueUrl=url,
+        Attributes={
+            "VisibilityTimeout": "120",
+            "MessageRetentionPeriod": "3600",
+            "MaximumMessageSize": "2048",
+            "ReceiveMessageWaitTimeSeconds": "1",
+        },
+    )
+    sqs.send_message(QueueUrl=url, MessageBody="one")
+    sqs.send_message(QueueUrl=url, MessageBody="two", DelaySeconds=60)
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["VisibilityTimeout"] == "120"
+    assert attrs["MessageRetentionPeriod"] == "3600"
+    assert attrs["MaximumMessageSize"] == "2048"
+    assert attrs["QueueArn"] == f"arn:aws:sqs:{REGION}:{ACCOUNT}:{qname}"
+    assert attrs["ApproximateNumberOfMessages"] == "1"
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert int(attrs["CreatedTimestamp"]) <= int(attrs["LastModifiedTimestamp"]) <= time.time() + 1
+    sqs.receive_message(QueueUrl=url)
+    only = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    assert only == {"ApproximateNumberOfMessagesNotVisible": "1"}
+    for name, bad in [("VisibilityTimeout", "43201"), ("MessageRetentionPeriod", "59"),
+                      ("MaximumMessageSize", "1023"), ("ReceiveMessageWaitTimeSeconds", "21")]:
+        with pytest.raises(ClientError) as e:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={name: bad})
+        assert code(e) == "InvalidAttributeValue", name
+    with pytest.raises(ClientError) as e:
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Nope"])
+    assert code(e) == "InvalidAttributeName"
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def test_send_receive_delete_with_attributes_and_digests(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    attrs = {
+        "colour": {"DataType": "String", "StringValue": "blue"},
+        "count": {"DataType": "Number", "StringValue": "42"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xff\x10"},
+        "meta.x": {"DataType": "String.custom", "StringValue": "x"},
+    }
+    sent = sqs.send_message(QueueUrl=url, MessageBody="hello wharf", MessageAttributes=attrs)
+    assert sent["MD5OfMessageBody"] == hashlib.md5(b"hello wharf").hexdigest()
+    assert sent["MD5OfMessageAttributes"] == md5_of_attributes(attrs)
+    r = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+    )
+    (m,) = r["Messages"]
+    assert m["MessageId"] == sent["MessageId"]
+    assert m["Body"] == "hello wharf"
+    assert m["MD5OfBody"] == sent["MD5OfMessageBody"]
+    assert m["MessageAttributes"] == attrs
+    assert m["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+    a = m["Attributes"]
+    assert a["ApproximateReceiveCount"] == "1"
+    assert a["SenderId"] == "guest"
+    assert abs(int(a["SentTimestamp"]) / 1000 - time.time()) < 60
+    assert int(a["ApproximateFirstReceiveTimestamp"]) >= int(a["SentTimestamp"])
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+
+
+def test_receive_selects_attributes_by_name_and_prefix(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    attrs = {n: {"DataType": "String", "StringValue": n} for n in ["a.one", "a.two", "b"]}
+    sqs.send_message(QueueUrl=url, MessageBody="x", MessageAttributes=attrs)
+    (m,) = sqs.receive_message(
+        QueueUrl=url, MessageAttributeNames=["a.*"], AttributeNames=["SentTimestamp"],
+        VisibilityTimeout=0,
+    )["Messages"]
+    assert set(m["MessageAttributes"]) == {"a.one", "a.two"}
+    assert m["MD5OfMessageAttributes"] == md5_of_attributes({k: attrs[k] for k in ["a.one", "a.two"]})
+    assert set(m["Attributes"]) == {"SentTimestamp"}
+    (m,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    assert "MessageAttributes" not in m and "Attributes" not in m
+
+
+def test_send_message_validation(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x" * 1025)
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="bad \x01 char")
+    assert code(e) == "InvalidMessageContents"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", DelaySeconds=901)
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x",
+                         MessageAttributes={"n": {"DataType": "Number", "StringValue": "abc"}})
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_send_message_batch_with_a_failing_entry(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    r = sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": "ok1", "MessageBody": "one"},
+        {"Id": "bad", "MessageBody": "late", "DelaySeconds": 1000},
+        {"Id": "ok2", "MessageBody": "two",
+         "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}}},
+    ])
+    assert sorted(s["Id"] for s in r["Successful"]) == ["ok1", "ok2"]
+    ok2 = next(s for s in r["Successful"] if s["Id"] == "ok2")
+    assert ok2["MD5OfMessageBody"] == hashlib.md5(b"two").hexdigest()
+    assert ok2["MD5OfMessageAttributes"] == md5_of_attributes({"k": {"DataType": "String", "StringValue": "v"}})
+    (f,) = r["Failed"]
+    assert f["Id"] == "bad" and f["SenderFault"] is True and f["Code"] == "InvalidParameterValue"
+    bodies = {m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]}
+    assert bodies == {"one", "two"}
+
+
+@pytest.mark.parametrize("entries,expected", [
+    ([], "AWS.SimpleQueueService.EmptyBatchRequest"),
+    ([{"Id": f"e{i}", "MessageBody": "x"} for i in range(11)],
+     "AWS.SimpleQueueService.TooManyEntriesInBatchRequest"),
+    ([{"Id": "same", "MessageBody": "x"}, {"Id": "same", "MessageBody": "y"}],
+     "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"),
+    ([{"Id": "not valid!", "MessageBody": "x"}], "AWS.SimpleQueueService.InvalidBatchEntryId"),
+])
+def test_send_message_batch_request_errors(sqs, qname, entries, expected):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    with pytest.raises(ClientError) as e:
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    assert code(e) == expected
+    assert status(e) == 400
+
+
+def test_batch_too_long(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    with pytest.raises(ClientError) as e:
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": f"e{i}", "MessageBody": "x" * 600} for i in range(2)])
+    assert code(e) == "AWS.SimpleQueueService.BatchRequestTooLong"
+
+
+def test_receive_limits(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": f"e{i}", "MessageBody": str(i)} for i in range(10)])
+    sqs.send_message(QueueUrl=url, MessageBody="10")
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert len(got) == 10
+    for bad in [{"MaxNumberOfMessages": 11}, {"MaxNumberOfMessages": 0},
+                {"WaitTimeSeconds": 21}, {"VisibilityTimeout": 43201}]:
+        with pytest.raises(ClientError) as e:
+            sqs.receive_message(QueueUrl=url, **bad)
+        assert code(e) == "InvalidParameterValue", bad
+
+
+def test_visibility_timeout_returns_the_message(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="again")
+    first = sqs.receive_message(QueueUrl=url)["Messages"][0]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    time.sleep(1.5)
+    second = sqs.receive_message(QueueUrl=url, AttributeNames=["ApproximateReceiveCount"])["Messages"][0]
+    assert second["MessageId"] == first["MessageId"]
+    assert second["Attributes"]["ApproximateReceiveCount"] == "2"
+    assert second["ReceiptHandle"] != first["ReceiptHandle"]
+    # The stale handle deletes nothing (and does not fail); the fresh one deletes.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"])
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])[
+        "Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=second["ReceiptHandle"])
+    time.sleep(1.5)
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+
+
+def test_change_message_visibility_and_batch(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "a", "MessageBody": "a"}, {"Id": "b", "MessageBody": "b"}])
+    ms = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=300)["Messages"]
+    assert len(ms) == 2
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=ms[0]["ReceiptHandle"], VisibilityTimeout=0)
+    back = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"]
+    assert back[0]["MessageId"] == ms[0]["MessageId"]
+    r = sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+        {"Id": "ok", "ReceiptHandle": ms[1]["ReceiptHandle"], "VisibilityTimeout": 0},
+        {"Id": "gone", "ReceiptHandle": ms[0]["ReceiptHandle"], "VisibilityTimeout": 0},
+        {"Id": "junk", "ReceiptHandle": "not-a-handle", "VisibilityTimeout": 0},
+    ])
+    assert [s["Id"] for s in r["Successful"]] == ["ok"]
+    failed = {f["Id"]: f["Code"] for f in r["Failed"]}
+    assert failed == {"gone": "AWS.SimpleQueueService.MessageNotInflight", "junk": "ReceiptHandleIsInvalid"}
+    with pytest.raises(ClientError) as e:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=back[0]["ReceiptHandle"], VisibilityTimeout=43201)
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_delete_message_batch(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(3)])
+    ms = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    entries = [{"Id": f"d{i}", "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(ms)]
+    entries.append({"Id": "bad", "ReceiptHandle": "%%%"})
+    r = sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+    assert len(r["Successful"]) == 3
+    assert r["Failed"][0]["Id"] == "bad" and r["Failed"][0]["Code"] == "ReceiptHandleIsInvalid"
+    with pytest.raises(ClientError) as e:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle="garbage")
+    assert code(e) == "ReceiptHandleIsInvalid"
+
+
+def test_long_poll_returns_as_soon_as_a_message_arrives(broker, sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sender = client(broker)
+
+    def send_later():
+        time.sleep(1.0)
+        sender.send_message(QueueUrl=url, MessageBody="late")
+
+    t = threading.Thread(target=send_later)
+    start = time.monotonic()
+    t.start()
+    r = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=15)
+    elapsed = time.monotonic() - start
+    t.join()
+    assert r["Messages"][0]["Body"] == "late"
+    assert 0.9 <= elapsed < 5, elapsed
+
+
+def test_long_poll_waits_when_empty(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"ReceiveMessageWaitTimeSeconds": "2"})["QueueUrl"]
+    start = time.monotonic()
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    assert 1.9 <= time.monotonic() - start < 5
+
+
+def test_delay_seconds(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, Attributes={"DelaySeconds": "1"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="queue delay")
+    sqs.send_message(QueueUrl=url, MessageBody="no delay", DelaySeconds=0)
+    first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in first] == ["no delay"]
+    time.sleep(1.5)
+    later = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in later] == ["queue delay"]
+
+
+def test_purge_queue(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(4)])
+    sqs.purge_queue(QueueUrl=url)
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    with pytest.raises(ClientError) as e:
+        sqs.purge_queue(QueueUrl=url)
+    assert code(e) == "AWS.SimpleQueueService.PurgeQueueInProgress"
+
+
+def test_tags(sqs, qname):
+    url = sqs.create_queue(QueueName=qname, tags={"team": "core"})["QueueUrl"]
+    sqs.tag_queue(QueueUrl=url, Tags={"env": "test", "team": "infra"})
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"env": "test", "team": "infra"}
+    sqs.untag_queue(QueueUrl=url, TagKeys=["team"])
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"env": "test"}
+    sqs.untag_queue(QueueUrl=url, TagKeys=["env"])
+    assert "Tags" not in sqs.list_queue_tags(QueueUrl=url)
+
+
+def test_redrive_policy_moves_to_dead_letter_queue(sqs, qname):
+    dlq = sqs.create_queue(QueueName=f"{qname}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+    assert sqs.list_dead_letter_source_queues(QueueUrl=dlq)["queueUrls"] == [url]
+    sent = sqs.send_message(QueueUrl=url, MessageBody="poison")
+    for _ in range(2):
+        assert sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)["Messages"][0]["Body"] == "poison"
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+    moved = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=2)["Messages"][0]
+    assert moved["Body"] == "poison"
+    assert moved["MessageId"] == sent["MessageId"]
+    bad = json.dumps({"deadLetterTargetArn": dlq_arn + "-missing", "maxReceiveCount": 2})
+    with pytest.raises(ClientError) as e:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": bad})
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_nonexistent_queue_everywhere(sqs, broker):
+    url = f"http://127.0.0.1:{broker.http_port}/{ACCOUNT}/missing-{uuid.uuid4().hex[:6]}"
+    for call in [
+        lambda: sqs.send_message(QueueUrl=url, MessageBody="x"),
+        lambda: sqs.receive_message(QueueUrl=url),
+        lambda: sqs.get_queue_attributes(QueueUrl=url),
+        lambda: sqs.delete_queue(QueueUrl=url),
+        lambda: sqs.purge_queue(QueueUrl=url),
+    ]:
+        with pytest.raises(sqs.exceptions.QueueDoesNotExist) as e:
+            call()
+        assert code(e) == "AWS.SimpleQueueService.NonExistentQueue"
+    # Another account's URL is not ours either.
+    with pytest.raises(ClientError) as e:
+        sqs.get_queue_attributes(QueueUrl=url.replace(ACCOUNT, "111111111111"))
+    assert code(e) == "AWS.SimpleQueueService.NonExistentQueue"
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def test_bad_signature_and_unknown_key(broker):
+    with pytest.raises(ClientError) as e:
+        client(broker, secret="not-the-secret").list_queues()
+    assert code(e) == "SignatureDoesNotMatch" and status(e) == 403
+    with pytest.raises(ClientError) as e:
+        client(broker, key="AKIAUNKNOWN", secret="x").list_queues()
+    assert code(e) == "InvalidClientTokenId" and status(e) == 403
+
+
+def test_unsigned_request_is_refused(broker):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{broker.http_port}/",
+        data=b"{}",
+        headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS.ListQueues"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 403
+    assert e.value.headers["x-amzn-query-error"] == "MissingAuthenticationToken;Sender"
+
+
+def signed_post(broker, body, headers, key="guest", secret="guest", path="/"):
+    url = f"http://127.0.0.1:{broker.http_port}{path}"
+    req = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(Credentials(key, secret), "sqs", REGION).add_auth(req)
+    r = urllib.request.Request(url, data=body.encode(), headers=dict(req.headers.items()))
+    try:
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_unknown_operations_answer_as_aws(broker):
+    st, h, body = signed_post(broker, "{}", {
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS.NoSuchThing"})
+    assert st == 400
+    assert json.loads(body)["__type"].endswith("UnknownOperationException")
+    st, h, body = signed_post(broker, "Action=NoSuchThing&Version=2012-11-05",
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+    assert st == 400
+    err = ET.fromstring(body).find("s:Error", XMLNS)
+    assert err.find("s:Code", XMLNS).text == "InvalidAction"
+
+
+def test_malformed_json_body(broker):
+    st, h, body = signed_post(broker, "{not json", {
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS.ListQueues"})
+    assert st == 400
+    assert json.loads(body)["__type"].endswith("SerializationException")
+
+
+# -- Query protocol ---------------------------------------------------------------------------
+
+
+def test_query_protocol_round_trip(broker, qname):
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    st, _, body = signed_post(
+        broker, f"Action=CreateQueue&Version=2012-11-05&QueueName={qname}"
+        "&Attribute.1.Name=VisibilityTimeout&Attribute.1.Value=45&Tag.1.Key=k&Tag.1.Value=v", form)
+    assert st == 200, body
+    url = ET.fromstring(body).find("s:CreateQueueResult/s:QueueUrl", XMLNS).text
+    path = "/" + url.split("/", 3)[3]
+    # Older clients post to the queue URL itself.
+    st, _, body = signed_post(
+        broker, "Action=SendMessage&MessageBody=via%20query&MessageAttribute.1.Name=a"
+        "&MessageAttribute.1.Value.DataType=String&MessageAttribute.1.Value.StringValue=b", form, path=path)
+    assert st == 200, body
+    md5 = ET.fromstring(body).find("s:SendMessageResult/s:MD5OfMessageBody", XMLNS).text
+    assert md5 == hashlib.md5(b"via query").hexdigest()
+    st, _, body = signed_post(
+        broker, f"Action=ReceiveMessage&QueueUrl={url}&MessageAttributeName.1=All&AttributeName.1=All", form)
+    assert st == 200, body
+    msg = ET.fromstring(body).find("s:ReceiveMessageResult/s:Message", XMLNS)
+    assert msg.find("s:Body", XMLNS).text == "via query"
+    attrs = {a.find("s:Name", XMLNS).text: a.find("s:Value", XMLNS).text for a in msg.findall("s:Attribute", XMLNS)}
+    assert attrs["ApproximateReceiveCount"] == "1"
+    ma = msg.find("s:MessageAttribute", XMLNS)
+    assert ma.find("s:Name", XMLNS).text == "a"
+    assert ma.find("s:Value/s:StringValue", XMLNS).text == "b"
+    st, _, body = signed_post(broker, f"Action=GetQueueAttributes&QueueUrl={url}&AttributeName.1=VisibilityTimeout", form)
+    attr = ET.fromstring(body).find("s:GetQueueAttributesResult/s:Attribute", XMLNS)
+    assert attr.find("s:Value", XMLNS).text == "45"
+    st, _, body = signed_post(broker, "Action=GetQueueUrl&QueueName=missing-xyz", form)
+    assert st == 400
+    assert ET.fromstring(body).find("s:Error/s:Code", XMLNS).text == "AWS.SimpleQueueService.NonExistentQueue"
+
+
+# -- aws command line -------------------------------------------------------------------------
+
+
+def test_aws_cli(broker, qname, tmp_path):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="guest", AWS_SECRET_ACCESS_KEY="guest",
+               AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    aws = [sys.executable, "-m", "awscli", "sqs", "--endpoint-url", f"http://127.0.0.1:{broker.http_port}",
+           "--output", "json"]
+
+    def run(*args):
+        out = subprocess.run(aws + list(args), env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    url = run("create-queue", "--queue-name", qname)["QueueUrl"]
+    sent = run("send-message", "--queue-url", url, "--message-body", "from the cli")
+    assert sent["MD5OfMessageBody"] == hashlib.md5(b"from the cli").hexdigest()
+    got = run("receive-message", "--queue-url", url, "--wait-time-seconds", "1")
+    assert got["Messages"][0]["Body"] == "from the cli"
+    run("delete-message", "--queue-url", url, "--receipt-handle", got["Messages"][0]["ReceiptHandle"])
+    assert run("get-queue-attributes", "--queue-url", url, "--attribute-names", "ApproximateNumberOfMessages")[
+        "Attributes"]["ApproximateNumberOfMessages"] == "0"
+    run("delete-queue", "--queue-url", url)
+    bad = subprocess.run(aws + ["get-queue-url", "--queue-name", qname], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "NonExistentQueue" in bad.stderr
+
+
+# -- one engine: AMQP and SQS on the same queue -----------------------------------------------
+
+
+def amqp(broker):
+    return pika.BlockingConnection(broker.params(virtual_host=VHOST))
+
+
+def test_amqp_publish_reaches_sqs_receiver(broker, sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    conn = amqp(broker)
+    try:
+        ch = conn.channel()
+        ch.basic_publish("", qname, b"from amqp",
+                         pika.BasicProperties(headers={"colour": "red", "n": 7}, delivery_mode=2))
+    finally:
+        conn.close()
+    m = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, MessageAttributeNames=["All"])["Messages"][0]
+    assert m["Body"] == "from amqp"
+    assert m["MessageAttributes"]["colour"] == {"StringValue": "red", "DataType": "String"}
+    assert m["MessageAttributes"]["n"] == {"StringValue": "7", "DataType": "Number"}
+    assert m["MD5OfBody"] == hashlib.md5(b"from amqp").hexdigest()
+    assert m["MD5OfMessageAttributes"] == md5_of_attributes(m["MessageAttributes"])
+
+
+def test_sqs_message_reaches_amqp_consumer(broker, sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sent = sqs.send_message(QueueUrl=url, MessageBody="from sqs", MessageAttributes={
+        "colour": {"DataType": "String", "StringValue": "green"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x01\x02"}})
+    conn = amqp(broker)
+    try:
+        ch = conn.channel()
+        method, props, body = ch.basic_get(qname, auto_ack=False)
+        assert body == b"from sqs"
+        assert props.message_id == sent["MessageId"]
+        assert props.headers["colour"] in ("green", b"green")
+        assert props.headers["blob"] == b"\x01\x02"
+        assert props.delivery_mode == 2
+        ch.basic_ack(method.delivery_tag)
+    finally:
+        conn.close()
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+
+
+# -- sigv4 off, durability ----------------------------------------------------------------------
+
+
+def test_sigv4_off_accepts_any_key_and_12_digit_keys_name_the_account(tmp_path):
+    b = WharfProcess(tmp_path / "data", extra_args=["--sigv4", "off"]).start()
+    try:
+        anyone = client(b, key="whoever", secret="whatever")
+        url = anyone.create_queue(QueueName="open")["QueueUrl"]
+        assert f"/{ACCOUNT}/open" in url
+        other = client(b, key="123456789012", secret="x")
+        url2 = other.create_queue(QueueName="open")["QueueUrl"]
+        assert "/123456789012/open" in url2
+        other.send_message(QueueUrl=url2, MessageBody="mine")
+        assert "Messages" not in anyone.receive_message(QueueUrl=url)
+        # Regions are separate too.
+        assert "QueueUrls" not in client(b, key="whoever", secret="x", region="eu-west-1").list_queues()
+    finally:
+        b.stop_quietly()
+
+
+@pytest.mark.restart
+def test_sent_messages_survive_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="durable", Attributes={"VisibilityTimeout": "3"})["QueueUrl"]
+    for i in range(20):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
+    sqs.tag_queue(QueueUrl=url, Tags={"kept": "yes"})
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    url = sqs.get_queue_url(QueueName="durable")["QueueUrl"]
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])[
+        "Attributes"]["VisibilityTimeout"] == "3"
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"kept": "yes"}
+    bodies = set()
+    while True:
+        r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        if "Messages" not in r:
+            break
+        for m in r["Messages"]:
+            bodies.add(m["Body"])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    assert bodies == {f"m{i}" for i in range(20)}
+
+
+# -- FIFO -------------------------------------------------------------------------------------
+
+
+def fifo_queue(sqs, qname, **attrs):
+    attributes = {"FifoQueue": "true", **attrs}
+    return sqs.create_queue(QueueName=f"{qname}.fifo", Attributes=attributes)["QueueUrl"]
+
+
+def test_fifo_names_and_required_parameters(sqs, qname):
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=f"{qname}.fifo")
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=qname, Attributes={"FifoQueue": "true"})
+    assert code(e) == "InvalidParameterValue"
+    url = fifo_queue(sqs, qname)
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"])["Attributes"] == {"FifoQueue": "true"}
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageDeduplicationId="d")
+    assert code(e) == "MissingParameter"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g")
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g", MessageDeduplicationId="d",
+                         DelaySeconds=5)
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_fifo_deduplication(sqs, qname):
+    url = fifo_queue(sqs, qname)
+    a = sqs.send_message(QueueUrl=url, MessageBody="one", MessageGroupId="g", MessageDeduplicationId="d1")
+    b = sqs.send_message(QueueUrl=url, MessageBody="one again", MessageGroupId="g", MessageDeduplicationId="d1")
+    assert a["MessageId"] == b["MessageId"] and a["SequenceNumber"] == b["SequenceNumber"]
+    cbd = fifo_queue(sqs, qname + "-cbd", ContentBasedDeduplication="true")
+    c = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="g")
+    d = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="h")
+    e = sqs.send_message(QueueUrl=cbd, MessageBody="other body", MessageGroupId="g")
+    assert c["MessageId"] == d["MessageId"] != e["MessageId"]
+    assert int(e["SequenceNumber"]) > int(c["SequenceNumber"])
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in got] == ["one"]
+    got = sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in got] == ["same body", "other body"]
+
+
+def test_fifo_order_and_group_held_while_in_flight(sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    for group, body in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+    first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, AttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in first] == ["a1", "b1"]
+    assert first[0]["Attributes"]["MessageGroupId"] == "a"
+    assert "SequenceNumber" in first[0]["Attributes"]
+    assert "MessageDeduplicationId" in first[0]["Attributes"]
+    # Both groups have a message in flight: nothing else may be received.
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+    nxt = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in nxt] == ["a2", "a3"]
+    # Making b1 visible again puts it back first in its group.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first[1]["ReceiptHandle"], VisibilityTimeout=0)
+    again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in again] == ["b1", "b2"]
+
+
+# -- message move tasks, permissions ----------------------------------------------------------
+
+
+def dead_letter_pair(sqs, qname, max_receive=1):
+    dlq = sqs.create_queue(QueueName=f"{qname}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    src = sqs.create_queue(QueueName=qname, Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)})})["QueueUrl"]
+    return src, dlq, dlq_arn
+
+
+def test_message_move_task_redrives_back_to_the_source(sqs, qname):
+    src, dlq, dlq_arn = dead_letter_pair(sqs, qname)
+    for i in range(3):
+        sqs.send_message(QueueUrl=src, MessageBody=f"m{i}")
+    assert len(sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10, VisibilityTimeout=0)["Messages"]) == 3
+    assert "Messages" not in sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10)
+    deadline = time.monotonic() + 5
+    while sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"]["ApproximateNumberOfMessages"] != "3":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    handle = sqs.start_message_move_task(SourceArn=dlq_arn)["TaskHandle"]
+    deadline = time.monotonic() + 10
+    while True:
+        (task,) = sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"]
+        if task["Status"] != "RUNNING":
+            break
+        assert task["TaskHandle"] == handle
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert task["Status"] == "COMPLETED"
+    assert task["ApproximateNumberOfMessagesMoved"] == 3
+    assert "TaskHandle" not in task
+    back = sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(m["Body"] for m in back) == ["m0", "m1", "m2"]
+    with pytest.raises(ClientError) as e:
+        sqs.cancel_message_move_task(TaskHandle=handle)
+    assert code(e) == "ResourceNotFoundException"
+
+
+def test_message_move_task_to_a_destination_and_cancel(sqs, qname):
+    src, dlq, dlq_arn = dead_letter_pair(sqs, qname)
+    dest = sqs.create_queue(QueueName=f"{qname}-dest")["QueueUrl"]
+    dest_arn = sqs.get_queue_attributes(QueueUrl=dest, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.send_message_batch(QueueUrl=dlq, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(6)])
+    handle = sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=dest_arn,
+                                         MaxNumberOfMessagesPerSecond=2)["TaskHandle"]
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dlq_arn)
+    assert code(e) == "AWS.SimpleQueueService.UnsupportedOperation"
+    time.sleep(0.8)
+    moved = sqs.cancel_message_move_task(TaskHandle=handle)["ApproximateNumberOfMessagesMoved"]
+    assert 1 <= moved < 6
+    deadline = time.monotonic() + 5
+    while sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"][0]["Status"] != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    total = lambda url: int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"][
+        "ApproximateNumberOfMessages"])
+    assert total(dest) >= 1
+    assert total(dest) + total(dlq) == 6
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dest_arn)
+    assert code(e) == "InvalidParameterValue"  # not a dead-letter queue
+    with pytest.raises(ClientError) as e:
+        sqs.start_message_move_task(SourceArn=dlq_arn + "-nope")
+    assert code(e) == "ResourceNotFoundException"
+
+
+def test_add_and_remove_permission(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.add_permission(QueueUrl=url, Label="AliceSend", AWSAccountIds=["111122223333"], Actions=["SendMessage"])
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    (st,) = policy["Statement"]
+    assert st["Sid"] == "AliceSend" and st["Action"] == ["SQS:SendMessage"]
+    assert st["Principal"] == {"AWS": ["arn:aws:iam::111122223333:root"]}
+    with pytest.raises(ClientError) as e:
+        sqs.add_permission(QueueUrl=url, Label="AliceSend", AWSAccountIds=["1"], Actions=["SendMessage"])
+    assert code(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        sqs.add_permission(QueueUrl=url, Label="Bad", AWSAccountIds=["1"], Actions=["Frobnicate"])
+    assert code(e) == "InvalidParameterValue"
+    sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert "Attributes" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+    with pytest.raises(ClientError) as e:
+        sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_sts_get_caller_identity(broker, tmp_path):
+    sts = boto3.client("sts", endpoint_url=f"http://127.0.0.1:{broker.http_port}", region_name=REGION,
+                       aws_access_key_id="guest", aws_secret_access_key="guest")
+    who = sts.get_caller_identity()
+    assert who["Account"] == ACCOUNT
+    assert who["Arn"] == f"arn:aws:iam::{ACCOUNT}:user/guest"
+    assert who["UserId"] == "guest"
+    bad = boto3.client("sts", endpoint_url=f"http://127.0.0.1:{broker.http_port}", region_name=REGION,
+                       aws_access_key_id="guest", aws_secret_access_key="wrong")
+    with pytest.raises(ClientError) as e:
+        bad.get_caller_identity()
+    assert code(e) == "SignatureDoesNotMatch"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="guest", AWS_SECRET_ACCESS_KEY="guest",
+               AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    out = subprocess.run([sys.executable, "-m", "awscli", "sts", "get-caller-identity", "--endpoint-url",
+                          f"http://127.0.0.1:{broker.http_port}", "--output", "json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["Account"] == ACCOUNT
