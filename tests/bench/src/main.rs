@@ -18,10 +18,14 @@
 //!
 //! `wharf-bench mqtt ...` runs the MQTT workloads instead ([`mqtt`], `tests/bench/run-mqtt`
 //! runs them against Wharf and Mosquitto).
+//!
+//! `wharf-bench stomp ...` runs the STOMP workload instead ([`stomp`], `tests/bench/run-stomp`
+//! runs it against Wharf and RabbitMQ's STOMP plugin).
 
 mod lapin_client;
 mod mqtt;
 mod raw;
+mod stomp;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +101,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("mqtt") {
         return mqtt::main(mqtt::MqttArgs::parse_from(std::env::args().skip(1)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("stomp") {
+        return stomp::main(stomp::StompArgs::parse_from(std::env::args().skip(1)));
     }
     let args = Args::parse();
     if args.size < 16 {

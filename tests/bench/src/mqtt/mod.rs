@@ -540,7 +540,7 @@ async fn subscriber(
 }
 
 /// User plus system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces), from field 3 on.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -549,6 +549,6 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Clock ticks per second (USER_HZ, 100 on Linux).
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     100
 }
