@@ -448,9 +448,11 @@ pub async fn serve<S>(
                 s.on_outbound(ev);
                 drain_events(&mut s);
             }
-            () = durable_changed(&mut durable), if wants_durable => {}
-            () = durable_changed(&mut journal), if wants_journal => {}
-            changed = alarm_changed(&mut alarm), if s.publisher => {
+            // Boxed while enabled: a watch wait is 136 bytes, and the task would carry three of
+            // them for its whole life (select! holds every branch's future, enabled or not).
+            () = boxed(wants_durable.then(|| Box::pin(durable_changed(&mut durable)))), if wants_durable => {}
+            () = boxed(wants_journal.then(|| Box::pin(durable_changed(&mut journal)))), if wants_journal => {}
+            changed = boxed(s.publisher.then(|| Box::pin(alarm_changed(&mut alarm)))), if s.publisher => {
                 if !changed {
                     alarm = None;
                 }
@@ -484,6 +486,14 @@ fn drain_events(s: &mut Session) {
             Some(Ok(ev)) => s.on_outbound(ev),
             _ => return,
         }
+    }
+}
+
+/// Awaits `f`, or never when there is none.
+async fn boxed<F: std::future::Future>(f: Option<std::pin::Pin<Box<F>>>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
