@@ -173,7 +173,7 @@ impl Service for WsServices {
         let (stream, protocol, subprotocol) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::info!(error = %e, "WebSocket upgrade refused");
+                tracing::info!(peer = %peer, error = %e, "WebSocket upgrade refused");
                 return;
             }
         };

@@ -726,6 +726,11 @@ impl Queue {
             }
             st.had_consumer = true;
             st.last_used = Instant::now();
+            // Most queues have one consumer (an MQTT session's, an RPC reply queue's): room
+            // for exactly one first, not the 4 a growing Vec starts with (~200 bytes each).
+            if st.consumers.capacity() == 0 {
+                st.consumers.reserve_exact(1);
+            }
             st.consumers.push(Consumer { spec, unacked: 0 });
             self.dispatch(&mut st, Instant::now(), &mut dead);
         }

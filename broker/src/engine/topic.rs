@@ -67,6 +67,11 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
             };
         }
         if !node.values.contains(&value) {
+            // Most patterns are bound once (one MQTT subscription each): room for one first,
+            // not the 4 a growing Vec starts with.
+            if node.values.capacity() == 0 {
+                node.values.reserve_exact(1);
+            }
             node.values.push(value);
         }
     }

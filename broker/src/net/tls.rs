@@ -148,13 +148,14 @@ impl Tls {
         let stream = match result {
             Err(_) => {
                 tracing::info!(
+                    peer = %addr,
                     timeout_secs = self.handshake_timeout.as_secs_f64(),
                     "TLS handshake timed out"
                 );
                 return None;
             }
             Ok(Err(e)) => {
-                tracing::info!(error = %e, "TLS handshake failed");
+                tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
                 return None;
             }
             Ok(Ok(s)) => s,
@@ -165,7 +166,7 @@ impl Tls {
             client_cert.and_then(|der| match common_name(der) {
                 Some(cn) => Some(cn),
                 None => {
-                    tracing::info!("client certificate has no subject CN: no certificate login");
+                    tracing::info!(peer = %addr, "client certificate has no subject CN: no certificate login");
                     None
                 }
             })

@@ -24,7 +24,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +33,13 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{alarm_changed, durable_changed, write_or_flush};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::Peer;
 
-use crate::engine::{ConnectionId, Engine};
+use crate::engine::{ConnectionId, Engine, Outbound};
 use session::{Phase, Session};
 
 /// MQTT listener settings (see config.rs for defaults and docs).
@@ -80,10 +81,45 @@ type OfflineShared = (Vec<(String, session::Sub)>, Option<std::time::Instant>);
 #[derive(Debug)]
 struct Connected {
     conn: ConnectionId,
-    /// Cancelled to make the session close (session taken over).
-    kick: CancellationToken,
-    /// Cancelled by the session once it has released everything.
-    done: CancellationToken,
+    signals: Arc<Takeover>,
+}
+
+/// The takeover signals of a connection, in one allocation (two `CancellationToken`s were two
+/// tree nodes of about 120 bytes each, for every connection).
+#[derive(Debug, Default)]
+struct Takeover {
+    /// Fired to make the session close (session taken over).
+    kick: Signal,
+    /// Fired by the session once it has released everything.
+    done: Signal,
+}
+
+/// A one-shot signal: once fired, it stays fired.
+#[derive(Debug, Default)]
+struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once fired.
+    async fn fired(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is looked at, so a fire in between is not missed.
+            notified.as_mut().enable();
+            if self.fired.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What every MQTT session shares.
@@ -249,6 +285,56 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_BATCH: usize = 512;
 /// Output above which engine events wait (the socket is slow).
 const OUT_HIGH_WATER: usize = 1 << 20;
+/// Bounds of what one read asks for: small for an idle client (a PINGREQ is 2 bytes a
+/// minute), large for a busy publisher (big batches, few syscalls).
+const READ_MIN: usize = 64;
+const READ_MAX: usize = 64 * 1024;
+
+/// The read buffer, sized to the traffic: a read that fills what it was offered doubles the
+/// next offer (up to [`READ_MAX`]), one that uses less than a quarter halves it (down to
+/// [`READ_MIN`]). Drained, a buffer much bigger than the reads need is given back, so an idle
+/// connection waits with a [`READ_MIN`] buffer (it was 4 KiB whatever the traffic).
+struct ReadBuf {
+    buf: BytesMut,
+    /// What the next read is offered at least.
+    want: usize,
+    /// What the last read was offered.
+    offered: usize,
+}
+
+impl ReadBuf {
+    fn new() -> ReadBuf {
+        ReadBuf {
+            buf: BytesMut::new(),
+            want: READ_MIN,
+            offered: 0,
+        }
+    }
+
+    /// Room for the next read.
+    fn prepare(&mut self) {
+        if self.buf.capacity() - self.buf.len() < self.want {
+            self.buf.reserve(self.want);
+        }
+        self.offered = self.buf.capacity() - self.buf.len();
+    }
+
+    /// A read returned `n` bytes.
+    fn read(&mut self, n: usize) {
+        if n >= self.offered {
+            self.want = (self.want * 2).min(READ_MAX);
+        } else if n < self.want / 4 {
+            self.want = (self.want / 2).max(READ_MIN);
+        }
+    }
+
+    /// Everything readable was decoded: give a big buffer back once the reads are small.
+    fn drained(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.want {
+            self.buf = BytesMut::new();
+        }
+    }
+}
 
 /// Serves one MQTT connection until the peer closes, a protocol error closes it, the session is
 /// taken over, or `shutdown` fires (MQTT 5 clients then get DISCONNECT 0x8B).
@@ -269,7 +355,7 @@ pub async fn serve<S>(
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Bytes handed to the writer since its last flush.
     let mut unflushed = false;
-    let mut rbuf = BytesMut::with_capacity(4 * 1024);
+    let mut rbuf = ReadBuf::new();
     let mut durable = engine.subscribe_durable();
     let mut journal = Some(stats_ctx.sessions.subscribe_durable());
     // Memory alarm: a connection that has published is not read from while it is on (as
@@ -280,11 +366,20 @@ pub async fn serve<S>(
     let mut last_recv = started;
     let mut shutdown_seen = false;
     let mut close_deadline: Option<Instant> = None;
+    // One timer and one shutdown waiter for the connection's life: building them every turn
+    // would register and drop a timer entry and a waiter per batch.
+    let timer = tokio::time::sleep_until(started + CONNECT_TIMEOUT);
+    tokio::pin!(timer);
+    let shutdown = shutdown.cancelled_owned();
+    tokio::pin!(shutdown);
 
     loop {
-        while let Some(connect) = s.on_bytes(&mut rbuf) {
-            s.on_connect(*connect).await;
+        while let Some(connect) = s.on_bytes(&mut rbuf.buf) {
+            // Boxed: CONNECT happens once, and its future would otherwise make every
+            // connection's task bigger for its whole life.
+            Box::pin(s.on_connect(*connect)).await;
         }
+        rbuf.drained();
         drain_events(&mut s);
         s.flush_gated(engine.durable_lsn(), stats_ctx.sessions.durable_seq());
         if s.phase == Phase::Done {
@@ -317,17 +412,24 @@ pub async fn serve<S>(
         if let Some(c) = close_deadline {
             deadline = deadline.min(c);
         }
-        let kick = s.kick.clone();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let signals = s.signals.clone();
+        if read_enabled {
+            rbuf.prepare();
+        }
 
         tokio::select! {
-            _ = shutdown.cancelled(), if !shutdown_seen => {
+            () = &mut shutdown, if !shutdown_seen => {
                 shutdown_seen = true;
                 s.on_shutdown();
             }
-            () = kick.cancelled(), if s.phase == Phase::Open => s.on_taken_over(),
-            r = reader.read_buf(&mut rbuf), if read_enabled => match r {
+            () = signals.kick.fired(), if s.phase == Phase::Open => s.on_taken_over(),
+            r = reader.read_buf(&mut rbuf.buf), if read_enabled => match r {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    rbuf.read(n);
                     last_recv = Instant::now();
                     count(&stats.bytes_received, n as u64);
                 }
@@ -342,18 +444,20 @@ pub async fn serve<S>(
                 }
                 Ok(None) => unflushed = false,
             },
-            Some(ev) = s.rx.recv(), if events_enabled => {
+            Some(ev) = recv(&mut s.rx), if events_enabled => {
                 s.on_outbound(ev);
                 drain_events(&mut s);
             }
-            () = durable_changed(&mut durable), if wants_durable => {}
-            () = durable_changed(&mut journal), if wants_journal => {}
-            changed = alarm_changed(&mut alarm), if s.publisher => {
+            // Boxed while enabled: a watch wait is 136 bytes, and the task would carry three of
+            // them for its whole life (select! holds every branch's future, enabled or not).
+            () = boxed(wants_durable.then(|| Box::pin(durable_changed(&mut durable)))), if wants_durable => {}
+            () = boxed(wants_journal.then(|| Box::pin(durable_changed(&mut journal)))), if wants_journal => {}
+            changed = boxed(s.publisher.then(|| Box::pin(alarm_changed(&mut alarm)))), if s.publisher => {
                 if !changed {
                     alarm = None;
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if close_deadline.is_some_and(|c| now >= c) {
                     break;
@@ -378,9 +482,25 @@ fn drain_events(s: &mut Session) {
         if s.out.len() >= OUT_HIGH_WATER || s.phase != Phase::Open {
             return;
         }
-        match s.rx.try_recv() {
-            Ok(ev) => s.on_outbound(ev),
-            Err(_) => return,
+        match s.rx.as_mut().map(mpsc::UnboundedReceiver::try_recv) {
+            Some(Ok(ev)) => s.on_outbound(ev),
+            _ => return,
         }
+    }
+}
+
+/// Awaits `f`, or never when there is none.
+async fn boxed<F: std::future::Future>(f: Option<std::pin::Pin<Box<F>>>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next engine event (never while the session has no engine channel).
+async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Outbound>>) -> Option<Outbound> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::alias::{AliasPlan, OutAliases};
 use super::mapping::{self, filter_matches, EXCHANGE};
 use super::session_store::{Op, SessionState};
-use super::{count, Connected, MqttContext};
+use super::{count, Connected, MqttContext, Takeover};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
     Engine, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
@@ -112,37 +112,13 @@ enum Gated {
     Settle(OutFlight),
 }
 
-pub(super) struct Session {
-    ctx: Arc<MqttContext>,
-    engine: Arc<Engine>,
-    peer: SocketAddr,
-    /// The user a verified client certificate names, when the listener allows certificate login.
-    cert_login: Option<String>,
-    conn_id: ConnectionId,
-    codec: Codec,
-    limits: Limits,
-    pub(super) phase: Phase,
-    pub(super) out: BytesMut,
-    pub(super) rx: mpsc::UnboundedReceiver<Outbound>,
-    tx: mpsc::UnboundedSender<Outbound>,
-    credit: Arc<ChannelCredit>,
-    pub(super) client_id: String,
-    protocol: Protocol,
-    pub(super) keep_alive: u16,
-    vhost: Option<Arc<Vhost>>,
-    queue: Option<Arc<Queue>>,
-    queue_name: String,
-    /// The session outlives the connection (clean session 0, or MQTT 5 session expiry > 0).
-    persistent: bool,
-    session_expiry: u32,
-    subs: HashMap<String, Sub>,
+/// Session state most connections never use (QoS 2, persistent-session resends, durability
+/// gates, topic aliases, shared subscriptions): boxed on first use, so that an idle connection's
+/// task does not carry about 400 bytes of empty maps.
+#[derive(Debug, Default)]
+struct Rare {
     /// Shared subscriptions by their full `$share/...` filter.
     shared: HashMap<String, SharedSub>,
-    will: Option<Will>,
-    /// Publish the will when the connection ends (cleared by a normal DISCONNECT).
-    will_armed: bool,
-    next_pid: u16,
-    out_flight: HashMap<u16, OutFlight>,
     out_pubrel: HashSet<u16>,
     in_qos2: HashSet<u16>,
     /// Acknowledgements (and settlements) in order, each waiting for its store Lsn and its
@@ -160,20 +136,57 @@ pub(super) struct Session {
     aliases_in: HashMap<u16, String>,
     /// Topic aliases we use towards the client (MQTT 5, within its Topic Alias Maximum).
     aliases_out: OutAliases,
+}
+
+/// What [`Session::rare`] reads when nothing was allocated.
+static NO_RARE: std::sync::LazyLock<Rare> = std::sync::LazyLock::new(Rare::default);
+
+pub(super) struct Session {
+    ctx: Arc<MqttContext>,
+    engine: Arc<Engine>,
+    peer: SocketAddr,
+    /// The user a verified client certificate names, when the listener allows certificate login.
+    cert_login: Option<String>,
+    conn_id: ConnectionId,
+    codec: Codec,
+    limits: Limits,
+    pub(super) phase: Phase,
+    pub(super) out: BytesMut,
+    /// Engine deliveries to this session; created when it first consumes (tokio allocates a
+    /// block of 32 slots with a channel, which a connection that never subscribes does not need).
+    pub(super) rx: Option<mpsc::UnboundedReceiver<Outbound>>,
+    channel: Option<(mpsc::UnboundedSender<Outbound>, Arc<ChannelCredit>)>,
+    /// The client's Receive Maximum: the prefetch of the session's consumers.
+    receive_max: u16,
+    pub(super) client_id: String,
+    protocol: Protocol,
+    pub(super) keep_alive: u16,
+    vhost: Option<Arc<Vhost>>,
+    queue: Option<Arc<Queue>>,
+    /// The session outlives the connection (clean session 0, or MQTT 5 session expiry > 0).
+    persistent: bool,
+    session_expiry: u32,
+    subs: HashMap<String, Sub>,
+    /// Boxed: most clients have none, and the session is part of every connection's task.
+    will: Option<Box<Will>>,
+    /// Publish the will when the connection ends (cleared by a normal DISCONNECT).
+    will_armed: bool,
+    next_pid: u16,
+    out_flight: HashMap<u16, OutFlight>,
+    /// What most connections never use, allocated when first needed (see [`Rare`]).
+    rare: Option<Box<Rare>>,
     client_packet_max: Option<u32>,
     /// MQTT 5 Request Problem Information (default 1): Reason Strings on acknowledgements.
     problem_info: bool,
     /// The client has published: blocked while the memory alarm is on.
     pub(super) publisher: bool,
-    pub(super) kick: CancellationToken,
-    done: CancellationToken,
+    pub(super) signals: Arc<Takeover>,
     registered: bool,
 }
 
 impl Session {
     pub(super) fn new(ctx: Arc<MqttContext>, peer: &Peer) -> Session {
         let engine = ctx.engine.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
         let limits = Limits {
             packet_bytes_max: ctx.config.packet_bytes_max,
         };
@@ -186,39 +199,45 @@ impl Session {
             codec: Codec::new(),
             limits,
             phase: Phase::Connecting,
-            out: BytesMut::with_capacity(256),
-            rx,
-            tx,
-            credit: Arc::new(ChannelCredit::default()),
+            // Empty until there is something to send: an idle connection needs no buffer.
+            out: BytesMut::new(),
+            rx: None,
+            channel: None,
+            receive_max: 0,
             client_id: String::new(),
             protocol: Protocol::V3_1_1,
             keep_alive: 0,
             vhost: None,
             queue: None,
-            queue_name: String::new(),
             persistent: false,
             session_expiry: 0,
             subs: HashMap::new(),
-            shared: HashMap::new(),
             will: None,
             will_armed: false,
             next_pid: 1,
             out_flight: HashMap::new(),
-            out_pubrel: HashSet::new(),
-            in_qos2: HashSet::new(),
-            gated: VecDeque::new(),
-            gated_out: VecDeque::new(),
-            resend: HashMap::new(),
-            resend_released: HashSet::new(),
-            aliases_in: HashMap::new(),
-            aliases_out: OutAliases::default(),
+            rare: None,
             client_packet_max: None,
             problem_info: true,
             publisher: false,
-            kick: CancellationToken::new(),
-            done: CancellationToken::new(),
+            signals: Arc::default(),
             registered: false,
         }
+    }
+
+    /// The rarely used state, read-only (empty when never allocated).
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    /// The rarely used state, allocated now if it was not.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The session's queue (not kept: most sessions never declare it).
+    fn queue_name(&self) -> String {
+        format!("mqtt-subscription-{}", self.client_id)
     }
 
     fn v5(&self) -> bool {
@@ -269,10 +288,10 @@ impl Session {
 
     fn gate(&mut self, lsn: Lsn, jseq: u64, what: Gated) {
         let ready = lsn <= self.engine.durable_lsn() && jseq <= self.ctx.sessions.durable_seq();
-        if self.gated.is_empty() && ready {
+        if self.rare().gated.is_empty() && ready {
             self.run_gated(what);
         } else {
-            self.gated.push_back((lsn, jseq, what));
+            self.rare_mut().gated.push_back((lsn, jseq, what));
         }
     }
 
@@ -285,25 +304,31 @@ impl Session {
 
     /// Sends an outbound PUBLISH once `jseq` is durable, after every earlier PUBLISH.
     fn send_publish(&mut self, jseq: u64, packet: Packet) {
-        if self.gated_out.is_empty() && jseq <= self.ctx.sessions.durable_seq() {
+        if self.rare().gated_out.is_empty() && jseq <= self.ctx.sessions.durable_seq() {
             self.send(&packet);
         } else {
-            self.gated_out.push_back((jseq, packet));
+            self.rare_mut().gated_out.push_back((jseq, packet));
         }
     }
 
     pub(super) fn flush_gated(&mut self, durable: Lsn, journal: u64) {
         while self
+            .rare()
             .gated
             .front()
             .is_some_and(|(lsn, j, _)| *lsn <= durable && *j <= journal)
         {
-            if let Some((_, _, what)) = self.gated.pop_front() {
+            if let Some((_, _, what)) = self.rare_mut().gated.pop_front() {
                 self.run_gated(what);
             }
         }
-        while self.gated_out.front().is_some_and(|(j, _)| *j <= journal) {
-            if let Some((_, p)) = self.gated_out.pop_front() {
+        while self
+            .rare()
+            .gated_out
+            .front()
+            .is_some_and(|(j, _)| *j <= journal)
+        {
+            if let Some((_, p)) = self.rare_mut().gated_out.pop_front() {
                 self.send(&p);
             }
         }
@@ -312,11 +337,12 @@ impl Session {
     /// Whether something waits for the message store, and for the session journal.
     pub(super) fn waits_for_durability(&self, durable: Lsn, journal: u64) -> (bool, bool) {
         let (mut store, mut jrnl) = (false, false);
-        if let Some((lsn, j, _)) = self.gated.front() {
+        let rare = self.rare();
+        if let Some((lsn, j, _)) = rare.gated.front() {
             store = *lsn > durable;
             jrnl = !store && *j > journal;
         }
-        jrnl |= self.gated_out.front().is_some_and(|(j, _)| *j > journal);
+        jrnl |= rare.gated_out.front().is_some_and(|(j, _)| *j > journal);
         (store, jrnl)
     }
 
@@ -489,15 +515,14 @@ impl Session {
             client_id.clone(),
             Connected {
                 conn: self.conn_id,
-                kick: self.kick.clone(),
-                done: self.done.clone(),
+                signals: self.signals.clone(),
             },
         );
         self.registered = true;
         if let Some(old) = old {
-            tracing::info!(client_id = %client_id, "session taken over by a new connection");
-            old.kick.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), old.done.cancelled()).await;
+            tracing::info!(peer = %self.peer, client_id = %client_id, "session taken over by a new connection");
+            old.signals.kick.fire();
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.signals.done.fired()).await;
         }
         if let Some(will) = self.ctx.wills.lock().remove(&client_id) {
             will.cancel();
@@ -512,8 +537,7 @@ impl Session {
         };
         self.persistent = persistent;
         self.session_expiry = expiry;
-        self.queue_name = format!("mqtt-subscription-{client_id}");
-        let existing = vhost.queue(&self.queue_name, self.conn_id).ok();
+        let existing = vhost.queue(&self.queue_name(), self.conn_id).ok();
         let mut session_present = false;
         let mut rejoin = Vec::new();
         let mut saved = None;
@@ -544,20 +568,20 @@ impl Session {
         }
         self.vhost = Some(vhost);
         self.keep_alive = c.keep_alive;
-        self.will = c.will;
+        self.will = c.will.map(Box::new);
         self.will_armed = self.will.is_some();
         self.client_packet_max = c.properties.maximum_packet_size;
         if c.protocol == Protocol::V5 {
-            self.aliases_out = OutAliases::new(c.properties.topic_alias_maximum.unwrap_or(0));
+            if let Some(max) = c.properties.topic_alias_maximum.filter(|m| *m > 0) {
+                self.rare_mut().aliases_out = OutAliases::new(max);
+            }
         }
         self.problem_info = c.properties.request_problem_information.unwrap_or(true);
         let receive_max = match c.protocol {
             Protocol::V5 => c.properties.receive_maximum.unwrap_or(u16::MAX),
             _ => cfg.receive_maximum,
         };
-        self.credit
-            .global_prefetch
-            .store(u32::from(receive_max), Ordering::Release);
+        self.receive_max = receive_max;
         let properties = if c.protocol == Protocol::V5 {
             ConnAckProperties {
                 receive_maximum: Some(cfg.receive_maximum),
@@ -598,7 +622,7 @@ impl Session {
     /// with their packet id and DUP as the queue redelivers them (in the order they were sent,
     /// which is queue order). Entries whose message left the queue meanwhile are dropped.
     fn resume(&mut self, st: SessionState) {
-        self.in_qos2 = st.qos2_in.into_iter().collect();
+        self.rare_mut().in_qos2 = st.qos2_in.into_iter().collect();
         let wanted: HashSet<u64> = st
             .published
             .iter()
@@ -611,9 +635,9 @@ impl Session {
             _ => HashSet::new(),
         };
         for (pid, msg_id) in st.released {
-            self.out_pubrel.insert(pid);
+            self.rare_mut().out_pubrel.insert(pid);
             if held.contains(&msg_id) {
-                self.resend_released.insert(msg_id);
+                self.rare_mut().resend_released.insert(msg_id);
             }
             self.send(&Packet::PubRel(Ack {
                 packet_id: pid,
@@ -622,7 +646,7 @@ impl Session {
         }
         for (pid, msg_id) in st.published {
             if held.contains(&msg_id) {
-                self.resend.insert(msg_id, pid);
+                self.rare_mut().resend.insert(msg_id, pid);
             } else {
                 self.journal(Op::Done(pid));
             }
@@ -670,25 +694,39 @@ impl Session {
         }
     }
 
+    /// The session's engine channel, created on first use.
+    fn channel_handle(&mut self) -> ChannelHandle {
+        let (tx, credit) = self.channel.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.rx = Some(rx);
+            let credit = ChannelCredit::default();
+            credit
+                .global_prefetch
+                .store(u32::from(self.receive_max), Ordering::Release);
+            (tx, Arc::new(credit))
+        });
+        ChannelHandle {
+            conn: self.conn_id,
+            channel: CHANNEL,
+            tx: tx.clone(),
+            credit: credit.clone(),
+        }
+    }
+
     fn start_consuming(&mut self) {
         let Some(q) = self.queue.clone() else {
             return;
         };
         let spec = ConsumerSpec {
             tag: CONSUMER_TAG.into(),
-            channel: ChannelHandle {
-                conn: self.conn_id,
-                channel: CHANNEL,
-                tx: self.tx.clone(),
-                credit: self.credit.clone(),
-            },
+            channel: self.channel_handle(),
             no_ack: false,
             exclusive: false,
             priority: 0,
             prefetch: 0,
         };
         if let Err(e) = q.consume(spec) {
-            tracing::warn!(queue = %q.name, error = %e, "cannot consume the MQTT session queue");
+            tracing::warn!(peer = %self.peer, queue = %q.name, error = %e, "cannot consume the MQTT session queue");
         }
     }
 
@@ -713,14 +751,15 @@ impl Session {
             auto_delete: false,
             arguments,
         };
-        match vhost.declare_queue(&self.queue_name, settings, false, self.conn_id) {
+        let name = self.queue_name();
+        match vhost.declare_queue(&name, settings, false, self.conn_id) {
             Ok((q, _, _)) => {
                 self.queue = Some(q.clone());
                 self.start_consuming();
                 Some(q)
             }
             Err(e) => {
-                tracing::warn!(queue = %self.queue_name, error = %e, "cannot declare the MQTT session queue");
+                tracing::warn!(peer = %self.peer, queue = %name, error = %e, "cannot declare the MQTT session queue");
                 None
             }
         }
@@ -748,7 +787,7 @@ impl Session {
                     // The PUBREC is journalled before the message is settled and PUBREL sent:
                     // a crash in between resends the PUBLISH (same id, DUP), never loses it.
                     let j = self.journal_out(&f, Op::Released(a.packet_id));
-                    self.out_pubrel.insert(a.packet_id);
+                    self.rare_mut().out_pubrel.insert(a.packet_id);
                     self.gate(0, j, Gated::Settle(f));
                     self.send_gated(
                         0,
@@ -765,7 +804,7 @@ impl Session {
                     settle(f, Settle::Ack);
                 }
                 None => {
-                    let reason = if self.out_pubrel.contains(&a.packet_id) {
+                    let reason = if self.rare().out_pubrel.contains(&a.packet_id) {
                         ReasonCode::SUCCESS
                     } else {
                         ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
@@ -784,14 +823,14 @@ impl Session {
                 }
             },
             Packet::PubComp(a) => {
-                if self.out_pubrel.remove(&a.packet_id) {
+                if self.rare_mut().out_pubrel.remove(&a.packet_id) {
                     self.journal(Op::Done(a.packet_id));
                 }
             }
             Packet::PubRel(a) => {
                 // The id is free once that is durable: a PUBCOMP before it could let the client
                 // reuse the id for a new message that a crash would then drop as a resend.
-                let (reason, j) = if self.in_qos2.remove(&a.packet_id) {
+                let (reason, j) = if self.rare_mut().in_qos2.remove(&a.packet_id) {
                     (
                         ReasonCode::SUCCESS,
                         self.journal(Op::Qos2InDone(a.packet_id)),
@@ -851,15 +890,15 @@ impl Session {
                 return self.disconnect(ReasonCode::TOPIC_ALIAS_INVALID);
             }
             if p.topic.is_empty() {
-                match self.aliases_in.get(&alias) {
+                match self.rare().aliases_in.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => return self.disconnect(ReasonCode::PROTOCOL_ERROR),
                 }
             } else {
-                self.aliases_in.insert(alias, p.topic.clone());
+                self.rare_mut().aliases_in.insert(alias, p.topic.clone());
             }
         }
-        if p.qos == QoS::ExactlyOnce && self.in_qos2.contains(&p.packet_id) {
+        if p.qos == QoS::ExactlyOnce && self.rare().in_qos2.contains(&p.packet_id) {
             // A resend of a message already taken: acknowledge, do not publish again.
             return self.send_gated(
                 0,
@@ -888,7 +927,7 @@ impl Session {
             ),
             Some(Ok(o)) => (o.lsn, ReasonCode::SUCCESS, String::new()),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "MQTT publish failed");
+                tracing::warn!(peer = %self.peer, error = %e, "MQTT publish failed");
                 (
                     0,
                     ReasonCode::UNSPECIFIED_ERROR,
@@ -910,7 +949,7 @@ impl Session {
                 // on a resend of this PUBLISH is recognised, across a crash too.
                 let mut j = 0;
                 if !reason.is_error() {
-                    self.in_qos2.insert(p.packet_id);
+                    self.rare_mut().in_qos2.insert(p.packet_id);
                     j = self.journal(Op::Qos2In(p.packet_id));
                 }
                 self.send_gated(lsn, j, Packet::PubRec(ack));
@@ -939,7 +978,7 @@ impl Session {
         if let Some(v) = &self.vhost {
             let key = filter_to_binding_key(filter);
             let _ = v.unbind_queue(
-                &self.queue_name,
+                &self.queue_name(),
                 EXCHANGE,
                 &key,
                 Self::binding_args(filter, sub),
@@ -1040,7 +1079,7 @@ impl Session {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut reasons = Vec::new();
         for filter in &u.filters {
-            if let Some(shared) = self.shared.remove(filter) {
+            if let Some(shared) = self.rare.as_mut().and_then(|r| r.shared.remove(filter)) {
                 self.leave_shared(shared, false);
                 self.count_subs(-1);
                 reasons.push(ReasonCode::SUCCESS);
@@ -1079,7 +1118,7 @@ impl Session {
     /// Joins (or, when already a member, updates) the shared subscription `full`. The group's
     /// queue is declared and bound on first use, and deleted by the last member to leave.
     fn join_shared(&mut self, full: &str, group: &str, filter: &str, sub: Sub) -> bool {
-        if let Some(cur) = self.shared.get_mut(full) {
+        if let Some(cur) = self.rare.as_mut().and_then(|r| r.shared.get_mut(full)) {
             cur.sub = sub;
             return true;
         }
@@ -1098,7 +1137,7 @@ impl Session {
         let q = match vhost.declare_queue(&name, settings, false, self.conn_id) {
             Ok((q, _, _)) => q,
             Err(e) => {
-                tracing::warn!(queue = %name, error = %e, "cannot declare a shared subscription queue");
+                tracing::warn!(peer = %self.peer, queue = %name, error = %e, "cannot declare a shared subscription queue");
                 return false;
             }
         };
@@ -1107,7 +1146,7 @@ impl Session {
         args.insert("x-mqtt-share-group".into(), Value::long_string(group));
         let key = filter_to_binding_key(filter);
         if let Err(e) = vhost.bind_queue(&name, EXCHANGE, &key, args, self.conn_id) {
-            tracing::warn!(queue = %name, error = %e, "cannot bind a shared subscription queue");
+            tracing::warn!(peer = %self.peer, queue = %name, error = %e, "cannot bind a shared subscription queue");
             if !members.contains_key(&name) {
                 let _ = vhost.delete_queue_unchecked(&q);
             }
@@ -1115,19 +1154,14 @@ impl Session {
         }
         let spec = ConsumerSpec {
             tag: name.as_str().into(),
-            channel: ChannelHandle {
-                conn: self.conn_id,
-                channel: CHANNEL,
-                tx: self.tx.clone(),
-                credit: self.credit.clone(),
-            },
+            channel: self.channel_handle(),
             no_ack: false,
             exclusive: false,
             priority: 0,
             prefetch: 0,
         };
         if let Err(e) = q.consume(spec) {
-            tracing::warn!(queue = %name, error = %e, "cannot consume a shared subscription queue");
+            tracing::warn!(peer = %self.peer, queue = %name, error = %e, "cannot consume a shared subscription queue");
             if !members.contains_key(&name) {
                 let _ = vhost.delete_queue_unchecked(&q);
             }
@@ -1136,7 +1170,7 @@ impl Session {
         *members.entry(name).or_insert(0) += 1;
         drop(members);
         self.count_subs(1);
-        self.shared.insert(
+        self.rare_mut().shared.insert(
             full.to_string(),
             SharedSub {
                 filter: filter.to_string(),
@@ -1177,8 +1211,8 @@ impl Session {
             let pid = self.next_pid;
             self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
             if !self.out_flight.contains_key(&pid)
-                && !self.out_pubrel.contains(&pid)
-                && !self.resend.values().any(|p| *p == pid)
+                && !self.rare().out_pubrel.contains(&pid)
+                && !self.rare().resend.values().any(|p| *p == pid)
             {
                 return pid;
             }
@@ -1199,7 +1233,12 @@ impl Session {
         engine: Option<(Arc<Queue>, DeliveryId)>,
         msg_id: u64,
     ) {
-        if msg_id != 0 && self.resend_released.remove(&msg_id) {
+        if msg_id != 0
+            && self
+                .rare
+                .as_mut()
+                .is_some_and(|r| r.resend_released.remove(&msg_id))
+        {
             // Its PUBREC came before a reconnect: the client has it, PUBREL was sent again.
             return ack_skip(engine);
         }
@@ -1209,7 +1248,7 @@ impl Session {
         }
         // Sent before a reconnect and not acknowledged: again with its packet id and DUP.
         let resend_pid = (msg_id != 0 && qos != QoS::AtMostOnce)
-            .then(|| self.resend.remove(&msg_id))
+            .then(|| self.rare.as_mut().and_then(|r| r.resend.remove(&msg_id)))
             .flatten();
         let mut properties = if self.v5() {
             mapping::to_properties(msg)
@@ -1218,7 +1257,7 @@ impl Session {
         };
         properties.subscription_identifiers = subscription_identifiers;
         // Topic aliases (MQTT 5): the alias only once the client has been told the topic.
-        let alias = self.aliases_out.plan(topic);
+        let alias = self.rare().aliases_out.plan(topic);
         let wire_topic = match alias {
             AliasPlan::Known(a) => {
                 properties.topic_alias = Some(a);
@@ -1259,7 +1298,9 @@ impl Session {
                 return;
             }
         }
-        self.aliases_out.commit(topic, alias);
+        if alias != AliasPlan::None {
+            self.rare_mut().aliases_out.commit(topic, alias);
+        }
         let mut jseq = 0;
         if let Packet::Publish(p) = &packet {
             if qos != QoS::AtMostOnce {
@@ -1295,10 +1336,13 @@ impl Session {
     /// A delivery that is not sent: settled, and no longer awaited for a resend.
     fn skip(&mut self, engine: Option<(Arc<Queue>, DeliveryId)>, msg_id: u64) {
         if msg_id != 0 {
-            if let Some(pid) = self.resend.remove(&msg_id) {
-                self.journal(Op::Done(pid));
+            if let Some(rare) = self.rare.as_mut() {
+                let pid = rare.resend.remove(&msg_id);
+                rare.resend_released.remove(&msg_id);
+                if let Some(pid) = pid {
+                    self.journal(Op::Done(pid));
+                }
             }
-            self.resend_released.remove(&msg_id);
         }
         ack_skip(engine);
     }
@@ -1331,13 +1375,14 @@ impl Session {
                 } else {
                     // A shared subscription's queue was deleted from elsewhere.
                     let gone: Vec<String> = self
+                        .rare()
                         .shared
                         .iter()
                         .filter(|(_, s)| *s.queue.name == *consumer_tag)
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in gone {
-                        if let Some(s) = self.shared.remove(&k) {
+                        if let Some(s) = self.rare_mut().shared.remove(&k) {
                             self.leave_shared(s, false);
                             self.count_subs(-1);
                         }
@@ -1390,6 +1435,7 @@ impl Session {
     fn deliver_shared(&mut self, tag: &str, d: Delivery) {
         let engine = d.queue.clone().map(|q| (q, d.id));
         let found = self
+            .rare()
             .shared
             .values()
             .find(|s| s.queue.name == tag)
@@ -1433,11 +1479,12 @@ impl Session {
     /// The connection is gone: deliveries back to the queue, the queue deleted unless the
     /// session persists, the will published (or scheduled).
     pub(super) fn finish(&mut self) {
-        self.count_subs(-((self.subs.len() + self.shared.len()) as i64));
-        if self.persistent && !self.shared.is_empty() {
+        self.count_subs(-((self.subs.len() + self.rare().shared.len()) as i64));
+        if self.persistent && !self.rare().shared.is_empty() {
             // A persistent session's shared subscriptions are taken up again when it
             // reconnects (in this broker process, within its Session Expiry Interval).
             let subs = self
+                .rare()
                 .shared
                 .iter()
                 .map(|(full, s)| (full.clone(), s.sub.clone()))
@@ -1450,7 +1497,12 @@ impl Session {
                 .lock()
                 .insert(self.client_id.clone(), (subs, until));
         }
-        for (_, s) in std::mem::take(&mut self.shared) {
+        let shared = self
+            .rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.shared))
+            .unwrap_or_default();
+        for (_, s) in shared {
             self.leave_shared(s, true);
         }
         if let Some(q) = self.queue.take() {
@@ -1468,7 +1520,7 @@ impl Session {
         }
         if self.will_armed {
             if let (Some(will), Some(vhost)) = (self.will.take(), self.vhost.clone()) {
-                self.schedule_will(will, vhost);
+                self.schedule_will(*will, vhost);
             }
         }
         if self.registered {
@@ -1481,7 +1533,7 @@ impl Session {
             }
         }
         self.engine.connection_closed(self.conn_id);
-        self.done.cancel();
+        self.signals.done.fire();
     }
 
     fn schedule_will(&self, will: Will, vhost: Arc<Vhost>) {
