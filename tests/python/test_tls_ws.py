@@ -481,8 +481,10 @@ def test_text_message_closes_mqtt_websocket(tls_broker):
         ws.send(connect_packet(f"txt-{uuid.uuid4().hex[:8]}"))
         assert ws.recv(timeout=WAIT)[:1] == b"\x20"
         ws.send("\xe0\x00")  # text frame: MQTT-6.0.0-1 says close
-        with pytest.raises(websockets.exceptions.ConnectionClosed):
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as e:
             ws.recv(timeout=WAIT)
+        # ...with WebSocket's "unsupported data" close code.
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1003, e.value
 
 
 def http_answer(broker, request):

@@ -24,7 +24,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -280,6 +281,9 @@ pub struct WsStream<S> {
     pending: Bytes,
     text_allowed: bool,
     eof: bool,
+    /// The close code and reason shutdown sends, when reading found a reason to close (a text
+    /// message on a binary-only protocol: 1003); a plain close otherwise.
+    close_with: Option<CloseFrame>,
 }
 
 impl<S> WsStream<S> {
@@ -289,6 +293,7 @@ impl<S> WsStream<S> {
             pending: Bytes::new(),
             text_allowed,
             eof: false,
+            close_with: None,
         }
     }
 }
@@ -325,6 +330,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 Some(Ok(Message::Binary(data))) => this.pending = data,
                 Some(Ok(Message::Text(text))) if this.text_allowed => this.pending = text.into(),
                 Some(Ok(Message::Text(_))) => {
+                    this.close_with = Some(CloseFrame {
+                        code: CloseCode::Unsupported,
+                        reason: "text messages are not allowed (MQTT-6.0.0-1)".into(),
+                    });
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "text message on a binary-only WebSocket protocol (MQTT-6.0.0-1)",
@@ -365,6 +374,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.close_with.is_some() {
+            let ws = &mut self.ws;
+            ready!(Pin::new(&mut *ws).poll_ready(cx)).map_err(to_io)?;
+            let frame = self.close_with.take();
+            // The close handshake starts with our frame; poll_close below flushes it.
+            if let Err(e) = Pin::new(&mut self.ws).start_send(Message::Close(frame)) {
+                return Poll::Ready(Err(to_io(e)));
+            }
+        }
         match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
             Ok(())
             | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
