@@ -787,6 +787,49 @@ def test_sent_messages_survive_sigkill(own_broker):
     assert bodies == {f"m{i}" for i in range(20)}
 
 
+def receive_bodies(sqs, url, wait=0):
+    r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
+                            MessageAttributeNames=["All"])
+    return {m["Body"]: m for m in r.get("Messages", [])}
+
+
+@pytest.mark.restart
+def test_in_flight_and_delayed_messages_across_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="leases", Attributes={"VisibilityTimeout": "600"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="kept")
+    sqs.send_message(QueueUrl=url, MessageBody="deleted")
+    got = {}
+    deadline = time.time() + 5
+    while len(got) < 2 and time.time() < deadline:
+        got.update(receive_bodies(sqs, url, wait=1))
+    assert set(got) == {"kept", "deleted"}
+    # "kept" is in flight for 10 minutes; "later" is delayed for 10 s.
+    assert receive_bodies(sqs, url) == {}
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=10)
+    sent_at = time.time()
+    # Deleted just before the kill: its 200 must mean the deletion is on disk.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=got["deleted"]["ReceiptHandle"])
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    # In flight: visible again no later than its deadline (at once, in fact); deleted: gone.
+    after = receive_bodies(sqs, url, wait=2)
+    assert set(after) == {"kept"}
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=after["kept"]["ReceiptHandle"])
+    # Delayed: still delayed after the restart, then ready at its time (not before).
+    assert time.time() - sent_at < 8, "restart too slow for this check"
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert receive_bodies(sqs, url) == {}
+    later = {}
+    while not later and time.time() < sent_at + 25:
+        later = receive_bodies(sqs, url, wait=5)
+    assert set(later) == {"later"}
+    assert time.time() >= sent_at + 9.5
+    # The header carrying the delay is internal: not a message attribute.
+    assert "MessageAttributes" not in later["later"]
+
+
 # -- FIFO -------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ use super::meta::{MetaStore, QueueMeta};
 use super::tasks::{self, MoveTask};
 use crate::engine::{
     Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
+    VISIBLE_AT_HEADER,
 };
 
 /// Connection id SQS requests use for engine calls: no SQS request owns an exclusive queue.
@@ -426,6 +427,13 @@ impl SqsEngine {
         let delay = i
             .delay_seconds
             .map_or(u64::from(f.config.delay_secs), |d| d as u64);
+        if delay > 0 {
+            // So a restart keeps it delayed until then (Queue::restore).
+            let at = now_ms() + delay * 1000;
+            p.headers
+                .get_or_insert_with(Table::new)
+                .insert(VISIBLE_AT_HEADER.into(), Value::long_string(at.to_string()));
+        }
         match f
             .queue
             .publish_delayed(&Arc::new(m), &mut None, Duration::from_secs(delay))
@@ -922,6 +930,8 @@ impl SqsEngine {
             R::DeleteMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
                 self.delete_message(&f, &i.receipt_handle)?;
+                // A 200 means the message will not come back after a crash.
+                self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessage(Empty {})
             }
             R::DeleteMessageBatch(i) => {
@@ -938,6 +948,8 @@ impl SqsEngine {
                             .push(BatchResultErrorEntry::from_error(&e.id, &err)),
                     }
                 }
+                // One wait for the whole batch: the acks share the group commit.
+                self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessageBatch(out)
             }
             R::ChangeMessageVisibility(i) => {
