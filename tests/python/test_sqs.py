@@ -876,6 +876,33 @@ def test_fifo_deduplication(sqs, qname):
     assert [m["Body"] for m in got] == ["same body", "other body"]
 
 
+@pytest.mark.restart
+def test_fifo_deduplication_window_survives_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="dd.fifo", Attributes={
+        "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+    by_id = sqs.send_message(QueueUrl=url, MessageBody="one", MessageGroupId="g",
+                             MessageDeduplicationId="d1")
+    by_body = sqs.send_message(QueueUrl=url, MessageBody="two", MessageGroupId="g")
+    # Received and deleted: the window outlives the message itself.
+    for _ in range(2):
+        m = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"][0]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    again = sqs.send_message(QueueUrl=url, MessageBody="other body", MessageGroupId="g",
+                             MessageDeduplicationId="d1")
+    assert (again["MessageId"], again["SequenceNumber"]) == (by_id["MessageId"],
+                                                             by_id["SequenceNumber"])
+    again = sqs.send_message(QueueUrl=url, MessageBody="two", MessageGroupId="g")
+    assert again["MessageId"] == by_body["MessageId"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+    fresh = sqs.send_message(QueueUrl=url, MessageBody="three", MessageGroupId="g")
+    assert fresh["MessageId"] not in (by_id["MessageId"], by_body["MessageId"])
+    assert int(fresh["SequenceNumber"]) > int(by_body["SequenceNumber"])
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"][0]["Body"] == "three"
+
+
 def test_fifo_order_and_group_held_while_in_flight(sqs, qname):
     url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
     for group, body in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")]:
