@@ -11,6 +11,9 @@
 //! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;
+/// The fuzz target's property (bridge/fuzz), shared with the seed replay test.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod md5;
 pub mod sigv4;
 pub mod sqs;

@@ -4,6 +4,7 @@ botocore, the aws command line, and pika on the same queues."""
 import hashlib
 import json
 import os
+import queue
 import shutil
 import struct
 import subprocess
@@ -17,6 +18,7 @@ import xml.etree.ElementTree as ET
 import boto3
 import pika
 import pytest
+import stomp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -604,6 +606,143 @@ def test_sqs_message_reaches_amqp_consumer(broker, sqs, qname):
     assert "Messages" not in sqs.receive_message(QueueUrl=url)
 
 
+# -- one engine: STOMP and SQS on the same queue ----------------------------------------------
+
+
+class StompListener(stomp.ConnectionListener):
+    def __init__(self):
+        self.messages = queue.Queue()
+        self.receipts = queue.Queue()
+        self.errors = queue.Queue()
+
+    def on_message(self, frame):
+        self.messages.put(frame)
+
+    def on_receipt(self, frame):
+        self.receipts.put(frame.headers["receipt-id"])
+
+    def on_error(self, frame):
+        self.errors.put(frame)
+
+
+class StompClient:
+    """stomp.py 1.2 in the SQS vhost: the host header names the vhost (docs/mapping/stomp.md)."""
+
+    def __init__(self, broker):
+        self.c = stomp.Connection12([(broker.host, broker.stomp_port)], vhost=VHOST,
+                                    reconnect_attempts_max=1)
+        self.l = StompListener()
+        self.c.set_listener("", self.l)
+        self.c.connect("guest", "guest", wait=True)
+
+    def _receipt(self, r):
+        # A RECEIPT proves the frame was processed (a SEND's only once it is durable).
+        assert self.l.receipts.get(timeout=5) == r, self.l.errors.queue
+
+    def send(self, dest, body, **headers):
+        r = uuid.uuid4().hex
+        self.c.send(dest, body, headers=dict(headers, receipt=r))
+        self._receipt(r)
+
+    def subscribe(self, dest, sid="1", ack="client-individual"):
+        r = uuid.uuid4().hex
+        self.c.subscribe(dest, id=sid, ack=ack, headers={"receipt": r})
+        self._receipt(r)
+
+    def message(self):
+        return self.l.messages.get(timeout=5)
+
+    def close(self):
+        if self.c.is_connected():
+            self.c.disconnect()
+
+
+def test_stomp_send_reaches_sqs_receiver_with_headers_as_attributes(broker, sqs, qname):
+    # The vhost exists once SQS created a queue in it; then STOMP declares this queue (as /queue/
+    # does on first use) and SQS sees it with default attributes.
+    sqs.create_queue(QueueName=f"{qname}-first")
+    s = StompClient(broker)
+    try:
+        s.send(f"/queue/{qname}", "from stomp", colour="red", count="7",
+               **{"content-type": "text/plain", "persistent": "true", "amqp-message-id": "m-1",
+                  "user-id": "guest"})
+    finally:
+        s.close()
+    url = sqs.get_queue_url(QueueName=qname)["QueueUrl"]
+    r = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, MessageAttributeNames=["All"],
+                            AttributeNames=["All"])
+    m = r["Messages"][0]
+    assert m["Body"] == "from stomp"
+    # Every STOMP header that is not a property or a frame header is a String attribute
+    # (STOMP has only text, so "7" is not a Number).
+    assert m["MessageAttributes"] == {
+        "colour": {"StringValue": "red", "DataType": "String"},
+        "count": {"StringValue": "7", "DataType": "String"},
+    }
+    assert m["MessageId"] == "m-1"
+    assert m["Attributes"]["SenderId"] == "guest"
+    assert m["MD5OfBody"] == hashlib.md5(b"from stomp").hexdigest()
+    assert m["MD5OfMessageAttributes"] == md5_of_attributes(m["MessageAttributes"])
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+
+
+@pytest.mark.parametrize("prefix", ["/queue/", "/amq/queue/"])
+def test_sqs_message_reaches_stomp_subscriber_with_attributes_as_headers(broker, sqs, qname, prefix):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    s = StompClient(broker)
+    try:
+        s.subscribe(f"{prefix}{qname}")
+        sent = sqs.send_message(QueueUrl=url, MessageBody="from sqs", MessageAttributes={
+            "colour": {"DataType": "String", "StringValue": "green"},
+            "n": {"DataType": "Number", "StringValue": "42"},
+            "blob": {"DataType": "Binary", "BinaryValue": b"\x01\x02"}},
+            MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String",
+                                                         "StringValue": "Root=1-abc"}})
+        m = s.message()
+        assert m.body == "from sqs"
+        h = m.headers
+        assert h["colour"] == "green"
+        assert h["n"] == "42"
+        # Binary has no STOMP text form and the remembered data-type table neither: dropped.
+        assert "blob" not in h
+        assert "x-sqs-data-types" not in h
+        assert h["x-amzn-trace-id"] == "Root=1-abc"
+        assert h["amqp-message-id"] == sent["MessageId"]
+        assert h["persistent"] == "true"
+        # The destination names how it was routed (default exchange), as RabbitMQ writes it.
+        assert h["destination"] == f"/queue/{qname}"
+        # While the STOMP delivery is unacked the message is in flight for SQS too.
+        assert "Messages" not in sqs.receive_message(QueueUrl=url)
+        s.c.ack(h["ack"])
+        # An ack is not confirmed by a receipt in every version: poll the count.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            if a["ApproximateNumberOfMessagesNotVisible"] == "0":
+                break
+            time.sleep(0.05)
+        assert a["ApproximateNumberOfMessages"] == "0"
+        assert a["ApproximateNumberOfMessagesNotVisible"] == "0"
+    finally:
+        s.close()
+
+
+def test_fifo_group_id_reaches_stomp_and_back(broker, sqs, qname):
+    url = fifo_queue(sqs, qname)
+    s = StompClient(broker)
+    try:
+        s.subscribe(f"/amq/queue/{qname}.fifo")
+        sqs.send_message(QueueUrl=url, MessageBody="g", MessageGroupId="grp",
+                         MessageDeduplicationId="d1")
+        h = s.message().headers
+        assert h["x-message-group-id"] == "grp"
+        assert h["x-message-deduplication-id"] == "d1"
+        assert h["x-sqs-sequence-number"].isdigit()
+    finally:
+        s.close()
+
+
 # -- sigv4 off, durability ----------------------------------------------------------------------
 
 
@@ -646,6 +785,49 @@ def test_sent_messages_survive_sigkill(own_broker):
             bodies.add(m["Body"])
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
     assert bodies == {f"m{i}" for i in range(20)}
+
+
+def receive_bodies(sqs, url, wait=0):
+    r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
+                            MessageAttributeNames=["All"])
+    return {m["Body"]: m for m in r.get("Messages", [])}
+
+
+@pytest.mark.restart
+def test_in_flight_and_delayed_messages_across_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="leases", Attributes={"VisibilityTimeout": "600"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="kept")
+    sqs.send_message(QueueUrl=url, MessageBody="deleted")
+    got = {}
+    deadline = time.time() + 5
+    while len(got) < 2 and time.time() < deadline:
+        got.update(receive_bodies(sqs, url, wait=1))
+    assert set(got) == {"kept", "deleted"}
+    # "kept" is in flight for 10 minutes; "later" is delayed for 10 s.
+    assert receive_bodies(sqs, url) == {}
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=10)
+    sent_at = time.time()
+    # Deleted just before the kill: its 200 must mean the deletion is on disk.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=got["deleted"]["ReceiptHandle"])
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    # In flight: visible again no later than its deadline (at once, in fact); deleted: gone.
+    after = receive_bodies(sqs, url, wait=2)
+    assert set(after) == {"kept"}
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=after["kept"]["ReceiptHandle"])
+    # Delayed: still delayed after the restart, then ready at its time (not before).
+    assert time.time() - sent_at < 8, "restart too slow for this check"
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert receive_bodies(sqs, url) == {}
+    later = {}
+    while not later and time.time() < sent_at + 25:
+        later = receive_bodies(sqs, url, wait=5)
+    assert set(later) == {"later"}
+    assert time.time() >= sent_at + 9.5
+    # The header carrying the delay is internal: not a message attribute.
+    assert "MessageAttributes" not in later["later"]
 
 
 # -- FIFO -------------------------------------------------------------------------------------
@@ -692,6 +874,33 @@ def test_fifo_deduplication(sqs, qname):
     assert [m["Body"] for m in got] == ["one"]
     got = sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10)["Messages"]
     assert [m["Body"] for m in got] == ["same body", "other body"]
+
+
+@pytest.mark.restart
+def test_fifo_deduplication_window_survives_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="dd.fifo", Attributes={
+        "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+    by_id = sqs.send_message(QueueUrl=url, MessageBody="one", MessageGroupId="g",
+                             MessageDeduplicationId="d1")
+    by_body = sqs.send_message(QueueUrl=url, MessageBody="two", MessageGroupId="g")
+    # Received and deleted: the window outlives the message itself.
+    for _ in range(2):
+        m = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"][0]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    again = sqs.send_message(QueueUrl=url, MessageBody="other body", MessageGroupId="g",
+                             MessageDeduplicationId="d1")
+    assert (again["MessageId"], again["SequenceNumber"]) == (by_id["MessageId"],
+                                                             by_id["SequenceNumber"])
+    again = sqs.send_message(QueueUrl=url, MessageBody="two", MessageGroupId="g")
+    assert again["MessageId"] == by_body["MessageId"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+    fresh = sqs.send_message(QueueUrl=url, MessageBody="three", MessageGroupId="g")
+    assert fresh["MessageId"] not in (by_id["MessageId"], by_body["MessageId"])
+    assert int(fresh["SequenceNumber"]) > int(by_body["SequenceNumber"])
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"][0]["Body"] == "three"
 
 
 def test_fifo_order_and_group_held_while_in_flight(sqs, qname):

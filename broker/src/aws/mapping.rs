@@ -62,6 +62,7 @@ pub fn from_headers(headers: Option<&Table>) -> MessageAttributes {
             || name == crate::engine::GROUP_ID_HEADER
             || name == super::sqs::DEDUP_ID_HEADER
             || name == super::sqs::SEQUENCE_HEADER
+            || name == crate::engine::VISIBLE_AT_HEADER
         {
             // System attributes of their own, not message attributes.
             continue;

@@ -12,6 +12,7 @@
 //! Layout: [`sqs`] the SQS backend, [`meta`] the SQS-only queue settings kept beside the
 //! engine, [`mapping`] SQS messages to and from engine messages.
 
+pub mod dedup;
 pub mod mapping;
 pub mod meta;
 pub mod sqs;

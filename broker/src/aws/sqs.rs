@@ -13,9 +13,8 @@
 //!   FIFO receives hold a group while one of its messages is in flight (engine); sends are
 //!   deduplicated here for 5 minutes by MessageDeduplicationId or the body's SHA-256
 //!   (ContentBasedDeduplication), per queue or per group (DeduplicationScope). The
-//!   deduplication window is kept in memory: a restart forgets it.
+//!   deduplication window is journaled beside the metadata (`dedup`): it survives a restart.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,11 +27,13 @@ use bridge::sqs::*;
 use bridge::AwsError;
 use bytes::Bytes;
 
+use super::dedup::DedupStore;
 use super::mapping;
 use super::meta::{MetaStore, QueueMeta};
 use super::tasks::{self, MoveTask};
 use crate::engine::{
     Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
+    VISIBLE_AT_HEADER,
 };
 
 /// Connection id SQS requests use for engine calls: no SQS request owns an exclusive queue.
@@ -41,17 +42,10 @@ const SQS_CONN: u64 = 0;
 const PURGE_INTERVAL_MS: u64 = 60_000;
 /// ListQueues returns at most 1000 URLs.
 const LIST_MAX: usize = 1000;
-/// SQS's FIFO deduplication interval.
-const DEDUP_WINDOW: Duration = Duration::from_secs(300);
-/// Above this many remembered deduplication ids, expired ones are swept on the next send.
-const DEDUP_SWEEP_LEN: usize = 4096;
 /// Header carrying a FIFO message's deduplication id.
 pub const DEDUP_ID_HEADER: &str = "x-message-deduplication-id";
 /// Header carrying a FIFO message's sequence number.
 pub const SEQUENCE_HEADER: &str = "x-sqs-sequence-number";
-
-/// (vhost, queue, scope key) -> (until, message id, sequence number) of a FIFO send.
-type DedupWindow = HashMap<(String, String, String), (Instant, String, String)>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -78,7 +72,8 @@ pub struct SqsEngine {
     /// Distinguishes receipt handles of this process from those of an earlier one (delivery
     /// ids restart at 1).
     boot: u64,
-    dedup: Mutex<DedupWindow>,
+    /// The FIFO deduplication window, journaled (see `dedup`).
+    dedup: DedupStore,
     /// FIFO sequence numbers: increasing across the process, seeded by the clock so they keep
     /// increasing across restarts.
     sequence: AtomicU64,
@@ -100,7 +95,7 @@ impl SqsEngine {
             engine,
             meta: MetaStore::open(data_dir)?,
             boot: rand::random(),
-            dedup: Mutex::new(HashMap::new()),
+            dedup: DedupStore::open(data_dir, now_ms())?,
             sequence: AtomicU64::new(now_ms() * 1_000),
             move_tasks: Mutex::new(Vec::new()),
         })
@@ -412,20 +407,22 @@ impl SqsEngine {
                 let seq = format!("{:020}", self.sequence.fetch_add(1, Ordering::Relaxed));
                 h.insert(DEDUP_ID_HEADER.into(), Value::long_string(dedup_id.clone()));
                 h.insert(SEQUENCE_HEADER.into(), Value::long_string(seq.clone()));
-                self.dedup.lock().insert(
-                    key.clone(),
-                    (
-                        Instant::now() + DEDUP_WINDOW,
-                        message_id.clone(),
-                        seq.clone(),
-                    ),
-                );
+                self.dedup
+                    .insert(key.clone(), message_id.clone(), seq.clone(), now_ms())
+                    .map_err(internal)?;
                 sequence_number = Some(seq);
             }
         }
         let delay = i
             .delay_seconds
             .map_or(u64::from(f.config.delay_secs), |d| d as u64);
+        if delay > 0 {
+            // So a restart keeps it delayed until then (Queue::restore).
+            let at = now_ms() + delay * 1000;
+            p.headers
+                .get_or_insert_with(Table::new)
+                .insert(VISIBLE_AT_HEADER.into(), Value::long_string(at.to_string()));
+        }
         match f
             .queue
             .publish_delayed(&Arc::new(m), &mut None, Duration::from_secs(delay))
@@ -472,19 +469,12 @@ impl SqsEngine {
             dedup_id.clone()
         };
         let key = (Self::vhost_name(ctx), f.queue.name.clone(), scope);
-        let now = Instant::now();
-        let mut window = self.dedup.lock();
-        if window.len() > DEDUP_SWEEP_LEN {
-            window.retain(|_, (until, _, _)| *until > now);
-        }
-        if let Some((until, id, seq)) = window.get(&key) {
-            if *until > now {
-                return Ok(Fifo::Duplicate(SendMessageOutput::for_input(
-                    i,
-                    id.clone(),
-                    Some(seq.clone()),
-                )));
-            }
+        if let Some((id, seq)) = self.dedup.lookup(&key, now_ms()) {
+            return Ok(Fifo::Duplicate(SendMessageOutput::for_input(
+                i,
+                id,
+                Some(seq),
+            )));
         }
         Ok(Fifo::New { dedup_id, key })
     }
@@ -922,6 +912,8 @@ impl SqsEngine {
             R::DeleteMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
                 self.delete_message(&f, &i.receipt_handle)?;
+                // A 200 means the message will not come back after a crash.
+                self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessage(Empty {})
             }
             R::DeleteMessageBatch(i) => {
@@ -938,6 +930,8 @@ impl SqsEngine {
                             .push(BatchResultErrorEntry::from_error(&e.id, &err)),
                     }
                 }
+                // One wait for the whole batch: the acks share the group commit.
+                self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessageBatch(out)
             }
             R::ChangeMessageVisibility(i) => {

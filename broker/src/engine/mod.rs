@@ -27,7 +27,7 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSetting
 pub use message::{Message, Properties, SharedMessage, Table, Value};
 pub use queue::{
     ConsumerSpec, Enqueued, GetMode, Queue, QueueArgs, QueueSettings, Received, Redrive, Settle,
-    GROUP_ID_HEADER,
+    GROUP_ID_HEADER, VISIBLE_AT_HEADER,
 };
 pub use vhost::{PublishOutcome, Vhost};
 
@@ -414,6 +414,14 @@ impl Engine {
         }
         if let Some(store) = &self.shared.store {
             store.wait_durable(lsn).await;
+        }
+    }
+
+    /// Resolves once every store record submitted before the call is on disk (SQS
+    /// DeleteMessage answers only once its ack record is durable, as SendMessage does).
+    pub async fn wait_submitted_durable(&self) {
+        if let Some(store) = &self.shared.store {
+            store.wait_durable(store.submitted_lsn()).await;
         }
     }
 

@@ -309,6 +309,22 @@ pub enum Enqueued {
 /// of its messages is in flight.
 pub const GROUP_ID_HEADER: &str = "x-message-group-id";
 
+/// Header carrying when a delayed message becomes ready (ms since the epoch), written by
+/// senders that delay (SQS DelaySeconds). The delay itself lives in memory; this copy travels in
+/// the persisted message so a restart can hold it as delayed until then instead of making it
+/// ready at once.
+pub const VISIBLE_AT_HEADER: &str = "x-sqs-visible-at";
+
+fn visible_at_ms(msg: &Message) -> Option<u64> {
+    msg.properties
+        .headers
+        .as_ref()?
+        .get(VISIBLE_AT_HEADER)?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 fn group_of(msg: &Message) -> Option<Arc<str>> {
     msg.properties
         .headers
@@ -405,8 +421,8 @@ impl Queue {
     }
 
     /// [`Queue::publish`] with a delay (SQS DelaySeconds): the message is held as delayed and
-    /// becomes ready at `now + delay`. A restart makes a persisted delayed message ready at
-    /// once.
+    /// becomes ready at `now + delay`. A persisted delayed message stays delayed across a
+    /// restart only if it carries [`VISIBLE_AT_HEADER`] (SQS sends do); else it is ready at once.
     pub fn publish_delayed(
         &self,
         msg: &SharedMessage,
@@ -482,10 +498,21 @@ impl Queue {
     /// Puts back a message recovered from the store at startup.
     pub(crate) fn restore(&self, msg: SharedMessage, msg_id: u64) {
         let mut st = self.state.lock();
-        let mut entry = self.entry(msg, msg_id, Instant::now());
+        let now = Instant::now();
+        let wait = visible_at_ms(&msg).map(|at| at.saturating_sub(now_millis()));
+        let mut entry = self.entry(msg, msg_id, now);
+        self.shared.memory_add(entry.msg.size_bytes() as i64);
+        if let Some(ms) = wait.filter(|ms| *ms > 0) {
+            // Still delayed (sent with a delay that has not run out): never delivered, so not
+            // redelivered either. Recovery order is store order, so `seq` keeps it.
+            let seq = st.next_delivery_id;
+            st.next_delivery_id += 1;
+            st.delayed
+                .insert((now + Duration::from_millis(ms), seq), entry);
+            return;
+        }
         // It may have been delivered before the restart; say so, as RabbitMQ does.
         entry.redelivered = true;
-        self.shared.memory_add(entry.msg.size_bytes() as i64);
         self.push_ready(&mut st, entry, false);
     }
 

@@ -179,6 +179,12 @@ impl Store {
         self.submit(|lsn| Cmd::DropQueue { lsn, queue })
     }
 
+    /// Highest Lsn handed out so far: waiting for it covers every record submitted before the
+    /// call (used where a record's own Lsn is not returned, e.g. an ack under a queue lock).
+    pub fn submitted_lsn(&self) -> Lsn {
+        self.shared.tx.lock().as_ref().map_or(0, |s| s.last_lsn)
+    }
+
     /// Highest Lsn such that it and every Lsn before it are written and fsynced.
     pub fn durable_lsn(&self) -> Lsn {
         *self.shared.sig.durable.borrow()

@@ -21,10 +21,14 @@
 //!
 //! `wharf-bench stomp ...` runs the STOMP workload instead ([`stomp`], `tests/bench/run-stomp`
 //! runs it against Wharf and RabbitMQ's STOMP plugin).
+//!
+//! `wharf-bench sqs ...` runs the SQS workload ([`sqs`], `tests/bench/run-sqs` runs it against
+//! Wharf and moto's server).
 
 mod lapin_client;
 mod mqtt;
 mod raw;
+mod sqs;
 mod stomp;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -101,6 +105,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("mqtt") {
         return mqtt::main(mqtt::MqttArgs::parse_from(std::env::args().skip(1)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("sqs") {
+        return sqs::main(sqs::SqsArgs::parse());
     }
     if std::env::args().nth(1).as_deref() == Some("stomp") {
         return stomp::main(stomp::StompArgs::parse_from(std::env::args().skip(1)));

@@ -1,0 +1,219 @@
+//! `wharf-bench sqs`: the SQS workload of issue 5 against any SQS endpoint (Wharf, moto's
+//! server), with the same client for both so the ratio compares servers.
+//!
+//! The workload on one standard queue: `--producers` tasks send SendMessageBatch (10 entries
+//! of `--size` bytes) until `--messages` are sent; `--consumers` tasks loop ReceiveMessage
+//! (MaxNumberOfMessages 10, WaitTimeSeconds 1: a long poll) then DeleteMessageBatch of what
+//! they got. Every task has its own HTTP/1.1 keep-alive connection (hyper's client
+//! connection, no pool). msgs/s = messages deleted / time from the first send to the last
+//! delete, so it is end to end. Requests are JSON 1.0 (`X-Amz-Target`), unsigned: Wharf runs
+//! with `--sigv4 off`, moto does not check signatures, so neither side pays for signing.
+//!
+//! Runs on a multi-thread runtime of `--threads` workers (2 by default: the machine's cores
+//! are shared with the server, the client must not starve it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Parser)]
+#[command(about = "SQS load generator: SendMessageBatch / ReceiveMessage / DeleteMessageBatch")]
+pub struct SqsArgs {
+    /// Ignored: the subcommand name.
+    #[arg(hide = true)]
+    _cmd: String,
+    /// host:port of the SQS endpoint.
+    #[arg(long)]
+    endpoint: String,
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    #[arg(long, default_value_t = 4)]
+    consumers: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Give up after this many seconds (a server too slow or losing messages).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// A syntactically valid SigV4 header with a dummy signature (see `Conn::call`).
+const AUTH: &str = "AWS4-HMAC-SHA256 Credential=000000000000/20260101/us-east-1/sqs/aws4_request, \
+                    SignedHeaders=host, Signature=00";
+
+/// One keep-alive connection speaking SQS JSON 1.0.
+struct Conn {
+    tx: http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(endpoint: &str) -> anyhow::Result<Conn> {
+        let s = TcpStream::connect(endpoint)
+            .await
+            .with_context(|| format!("connect {endpoint}"))?;
+        s.set_nodelay(true)?;
+        let (tx, conn) = http1::handshake(TokioIo::new(s)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            tx,
+            host: endpoint.to_string(),
+        })
+    }
+
+    async fn call(&mut self, op: &str, input: &Value) -> anyhow::Result<Value> {
+        let req = hyper::Request::post("/")
+            .header("host", &self.host)
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("AmazonSQS.{op}"))
+            // Unsigned, but moto's server routes by the credential scope's service (and
+            // region); Wharf with `--sigv4 off` reads only the account from it.
+            .header("authorization", AUTH)
+            .header("x-amz-date", "20260101T000000Z")
+            .body(Full::new(Bytes::from(serde_json::to_vec(input)?)))?;
+        // moto's server (werkzeug) closes the connection after each response; reconnecting is
+        // part of what it costs. Wharf keeps it open.
+        if self.tx.is_closed() || self.tx.ready().await.is_err() {
+            *self = Conn::open(&self.host.clone()).await?;
+            self.tx.ready().await?;
+        }
+        let resp = self.tx.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{op}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+struct Shared {
+    url: String,
+    batches_taken: AtomicU64,
+    deleted: AtomicU64,
+    total: u64,
+}
+
+async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Result<()> {
+    let mut c = Conn::open(&endpoint).await?;
+    let batches = s.total.div_ceil(10);
+    while s.batches_taken.fetch_add(1, Ordering::Relaxed) < batches {
+        let entries: Vec<Value> = (0..10)
+            .map(|i| json!({"Id": i.to_string(), "MessageBody": body}))
+            .collect();
+        let out = c
+            .call(
+                "SendMessageBatch",
+                &json!({"QueueUrl": s.url, "Entries": entries}),
+            )
+            .await?;
+        if out["Failed"].as_array().is_some_and(|f| !f.is_empty()) {
+            bail!("SendMessageBatch failed entries: {out}");
+        }
+    }
+    Ok(())
+}
+
+async fn consume(endpoint: String, s: Arc<Shared>) -> anyhow::Result<()> {
+    let mut c = Conn::open(&endpoint).await?;
+    while s.deleted.load(Ordering::Relaxed) < s.total {
+        let got = c
+            .call(
+                "ReceiveMessage",
+                &json!({"QueueUrl": s.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
+            )
+            .await?;
+        let Some(msgs) = got["Messages"].as_array().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        let entries: Vec<Value> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| json!({"Id": i.to_string(), "ReceiptHandle": m["ReceiptHandle"]}))
+            .collect();
+        let out = c
+            .call(
+                "DeleteMessageBatch",
+                &json!({"QueueUrl": s.url, "Entries": entries}),
+            )
+            .await?;
+        let ok = out["Successful"].as_array().map_or(0, Vec::len) as u64;
+        s.deleted.fetch_add(ok, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+pub fn main(args: SqsArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(a: SqsArgs) -> anyhow::Result<()> {
+    let mut c = Conn::open(&a.endpoint).await?;
+    let name = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        crate::now_nanos() % 1_000_000
+    );
+    let url = c.call("CreateQueue", &json!({"QueueName": name})).await?["QueueUrl"]
+        .as_str()
+        .context("CreateQueue without QueueUrl")?
+        .to_string();
+    let s = Arc::new(Shared {
+        url,
+        batches_taken: AtomicU64::new(0),
+        deleted: AtomicU64::new(0),
+        total: a.messages.div_ceil(10) * 10,
+    });
+    let body = "x".repeat(a.size);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.producers {
+        tasks.push(tokio::spawn(produce(
+            a.endpoint.clone(),
+            s.clone(),
+            body.clone(),
+        )));
+    }
+    for _ in 0..a.consumers {
+        tasks.push(tokio::spawn(consume(a.endpoint.clone(), s.clone())));
+    }
+    let all = async {
+        for t in tasks {
+            t.await??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(a.timeout), all)
+        .await
+        .context("timed out")??;
+    let secs = start.elapsed().as_secs_f64();
+    let n = s.deleted.load(Ordering::Relaxed);
+    println!(
+        "{} messages={} seconds={:.2} msgs_per_s={:.0} producers={} consumers={}",
+        a.label,
+        n,
+        secs,
+        n as f64 / secs,
+        a.producers,
+        a.consumers
+    );
+    Ok(())
+}
