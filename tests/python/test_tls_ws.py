@@ -67,7 +67,7 @@ def tls_env(d, fail_if_no_peer_cert):
         "WHARF_TLS__VERIFY_PEER": "true",
         "WHARF_TLS__FAIL_IF_NO_PEER_CERT": "true" if fail_if_no_peer_cert else "false",
         "WHARF_TLS__CERT_LOGIN": "true",
-        "WHARF_TLS__HANDSHAKE_TIMEOUT_SECS": "3",
+        "WHARF_TLS__HANDSHAKE_TIMEOUT_SECS": "10",
     }
 
 
