@@ -540,8 +540,9 @@ impl SqsEngine {
         });
         let deadline = Instant::now() + wait;
         let q = &f.queue;
+        let waiting = q.wait_for_arrivals();
         let got = loop {
-            let notified = q.arrivals();
+            let notified = waiting.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let got = q.receive(max, visibility, redrive.as_ref(), f.config.fifo);

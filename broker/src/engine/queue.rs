@@ -272,6 +272,29 @@ pub struct Queue {
     /// Woken whenever a message becomes ready, so that pull receivers (SQS long polling) wait
     /// for an arrival instead of polling.
     arrivals: tokio::sync::Notify,
+    /// Pull receivers waiting on `arrivals` ([`ArrivalWait`]s alive): publishes skip the
+    /// Notify (a lock) when there are none, which is nearly always for AMQP/MQTT/STOMP queues.
+    pull_waiters: std::sync::atomic::AtomicUsize,
+}
+
+/// A pull receiver's interest in arrivals, from [`Queue::wait_for_arrivals`]: while it lives,
+/// publishes to the queue wake [`ArrivalWait::notified`] futures.
+pub struct ArrivalWait<'a> {
+    queue: &'a Queue,
+}
+
+impl<'a> ArrivalWait<'a> {
+    /// A future woken by the next arrival. Create it (and `enable` it) before checking the
+    /// queue, so that an arrival in between is not missed.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'a> {
+        self.queue.arrivals.notified()
+    }
+}
+
+impl Drop for ArrivalWait<'_> {
+    fn drop(&mut self) {
+        self.queue.pull_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Where [`Queue::receive`] moves a message received too often (SQS RedrivePolicy). It
@@ -360,6 +383,7 @@ impl Queue {
             me: me.clone(),
             shared,
             arrivals: tokio::sync::Notify::new(),
+            pull_waiters: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 ready: (0..lanes).map(|_| VecDeque::new()).collect(),
                 ready_count: 0,
@@ -414,10 +438,13 @@ impl Queue {
         self.publish_delayed(msg, encoded, Duration::ZERO)
     }
 
-    /// Waits until a message may have become ready. Create the future (and `enable` it)
-    /// before checking the queue, so that an arrival in between is not missed.
-    pub fn arrivals(&self) -> tokio::sync::futures::Notified<'_> {
-        self.arrivals.notified()
+    /// Registers a pull receiver (SQS long polling) that waits for messages to become ready.
+    /// Registered before the receiver first checks the queue: that check takes the state lock
+    /// a publish holds while it looks for waiters, so an arrival is either seen by the check or
+    /// notified.
+    pub fn wait_for_arrivals(&self) -> ArrivalWait<'_> {
+        self.pull_waiters.fetch_add(1, Ordering::SeqCst);
+        ArrivalWait { queue: self }
     }
 
     /// [`Queue::publish`] with a delay (SQS DelaySeconds): the message is held as delayed and
@@ -582,8 +609,10 @@ impl Queue {
     }
 
     fn push_ready(&self, st: &mut State, entry: Entry, front: bool) {
-        // Cheap when nobody waits; a waiter re-checks under the lock.
-        self.arrivals.notify_waiters();
+        // Only pull receivers wait (see wait_for_arrivals); a waiter re-checks under the lock.
+        if self.pull_waiters.load(Ordering::SeqCst) > 0 {
+            self.arrivals.notify_waiters();
+        }
         st.ready_count += 1;
         st.ready_bytes += entry.msg.body.len() as u64;
         let lane = &mut st.ready[entry.priority as usize];
@@ -1378,7 +1407,8 @@ mod tests {
         let waiter = {
             let q = q.clone();
             tokio::spawn(async move {
-                let notified = q.arrivals();
+                let waiting = q.wait_for_arrivals();
+                let notified = waiting.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 if q.receive(1, Duration::from_secs(30), None, false)
