@@ -110,20 +110,6 @@ pub async fn serve<S>(
     }
 }
 
-impl crate::protocol::Service for AwsContext {
-    fn serve<S>(
-        self: Arc<Self>,
-        stream: S,
-        peer: Peer,
-        shutdown: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        serve(stream, peer, self, shutdown)
-    }
-}
-
 /// Which API a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {

@@ -27,46 +27,30 @@ pub trait Service: Send + Sync + 'static {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 }
 
-impl Service for amqp::AmqpContext {
-    fn serve<S>(
-        self: Arc<Self>,
-        stream: S,
-        peer: Peer,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> + Send
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        amqp::serve(stream, peer, self, shutdown)
-    }
+/// Implements [`Service`] for a context whose module has the usual `serve` function.
+macro_rules! service_by_serve_fn {
+    ($($context:ty => $serve:path),* $(,)?) => {$(
+        impl Service for $context {
+            fn serve<S>(
+                self: Arc<Self>,
+                stream: S,
+                peer: Peer,
+                shutdown: CancellationToken,
+            ) -> impl Future<Output = ()> + Send
+            where
+                S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+            {
+                $serve(stream, peer, self, shutdown)
+            }
+        }
+    )*};
 }
 
-impl Service for mqtt::MqttContext {
-    fn serve<S>(
-        self: Arc<Self>,
-        stream: S,
-        peer: Peer,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> + Send
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        mqtt::serve(stream, peer, self, shutdown)
-    }
-}
-
-impl Service for stomp::StompContext {
-    fn serve<S>(
-        self: Arc<Self>,
-        stream: S,
-        peer: Peer,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> + Send
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        stomp::serve(stream, peer, self, shutdown)
-    }
+service_by_serve_fn! {
+    amqp::AmqpContext => amqp::serve,
+    mqtt::MqttContext => mqtt::serve,
+    stomp::StompContext => stomp::serve,
+    crate::aws::AwsContext => crate::aws::serve,
 }
 
 /// One step of a session's output: writes some of `out` (`Some(bytes written)`), or, when `out`

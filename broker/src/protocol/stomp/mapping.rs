@@ -6,35 +6,24 @@ use codecs::stomp::Frame;
 
 use crate::engine::{Message, Properties, Table, Value};
 
-/// SEND headers that become basic properties, and the ones that steer the frame: none of
-/// them is copied into the message's header table.
-const NOT_USER_HEADERS: &[&str] = &[
-    "destination",
-    "receipt",
-    "transaction",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "persistent",
-    "priority",
-    "correlation-id",
-    "reply-to",
-    "expiration",
-    "amqp-message-id",
-    "type",
-    "user-id",
-    "app-id",
-    "timestamp",
-];
+/// SEND headers that steer the frame; with [`PROPERTY_HEADERS`], none is copied into the
+/// message's header table.
+const NOT_USER_HEADERS: &[&str] = &["destination", "receipt", "transaction"];
 
-/// MESSAGE headers the broker writes itself: a message header of the same name is not sent
-/// (it would come after ours and confuse clients that keep the last of repeated headers).
+/// MESSAGE headers the broker writes itself, besides [`PROPERTY_HEADERS`]: a message header of
+/// the same name is not sent (it would come after ours and confuse clients that keep the last of
+/// repeated headers).
 const BROKER_HEADERS: &[&str] = &[
     "subscription",
     "destination",
     "message-id",
     "ack",
     "redelivered",
+];
+
+/// Headers that map to message properties both ways: never copied into the header table on
+/// SEND, always written from the properties on MESSAGE.
+const PROPERTY_HEADERS: &[&str] = &[
     "content-length",
     "content-type",
     "content-encoding",
@@ -100,7 +89,10 @@ pub fn to_message(
     }
     let mut headers = Table::new();
     for (k, v) in &frame.headers {
-        if NOT_USER_HEADERS.contains(&k.as_str()) || headers.contains_key(k) {
+        if NOT_USER_HEADERS.contains(&k.as_str())
+            || PROPERTY_HEADERS.contains(&k.as_str())
+            || headers.contains_key(k)
+        {
             // Repeated headers: the first wins, as STOMP says.
             continue;
         }
@@ -161,7 +153,7 @@ pub fn message_headers(msg: &Message, out: &mut Vec<(String, String)>) {
     put("timestamp", p.timestamp.map(|v| v.to_string()));
     if let Some(h) = &p.headers {
         for (k, v) in h {
-            if BROKER_HEADERS.contains(&k.as_str()) {
+            if BROKER_HEADERS.contains(&k.as_str()) || PROPERTY_HEADERS.contains(&k.as_str()) {
                 continue;
             }
             if let Some(t) = text(v) {

@@ -105,6 +105,10 @@ pub async fn serve<S>(
     let mut last_send = started;
     let mut shutdown_seen = false;
     let mut close_deadline: Option<Instant> = None;
+    // One timer for the connection's life, moved to each turn's deadline (as the AMQP and MQTT
+    // loops do) rather than a new timer entry per turn.
+    let timer = tokio::time::sleep_until(started);
+    tokio::pin!(timer);
 
     loop {
         s.on_bytes(&mut rbuf);
@@ -134,18 +138,25 @@ pub async fn serve<S>(
         // Only while nothing is waiting to be written: a pending write is traffic already, and
         // a deadline in the past would spin the loop while a slow reader holds it up.
         let send_every = s.send_every.filter(|_| open && s.out.is_empty());
-        let mut deadline = Instant::now() + Duration::from_secs(3600);
-        if s.phase == Phase::Connecting {
-            deadline = deadline.min(started + CONNECT_TIMEOUT);
-        }
-        if let Some(r) = recv_limit {
-            deadline = deadline.min(last_recv + r);
-        }
-        if let Some(e) = send_every {
-            deadline = deadline.min(last_send + e);
-        }
-        if let Some(c) = close_deadline {
-            deadline = deadline.min(c);
+        let deadline = [
+            (s.phase == Phase::Connecting).then(|| started + CONNECT_TIMEOUT),
+            recv_limit.map(|r| last_recv + r),
+            send_every.map(|e| last_send + e),
+            close_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // Nothing due: an idle wake-up an hour out, kept while it lies ahead so that the
+        // timer is not moved on every turn.
+        let now = Instant::now();
+        let deadline = deadline.unwrap_or_else(|| {
+            Some(timer.deadline())
+                .filter(|d| *d > now)
+                .unwrap_or(now + Duration::from_secs(3600))
+        });
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
 
         tokio::select! {
@@ -177,7 +188,7 @@ pub async fn serve<S>(
                     alarm = None;
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if close_deadline.is_some_and(|c| now >= c) {
                     break;
