@@ -8,6 +8,7 @@
 //! - [`md5`]: MD5OfMessageBody / MD5OfMessageAttributes / MD5OfMessageSystemAttributes.
 //! - [`sqs`]: SQS requests and responses for both wire protocols, attribute validation, and the
 //!   [`sqs::SqsBackend`] trait.
+//! - [`sns`]: SNS subscription filter policies and message signatures.
 //! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod md5;
 pub mod sigv4;
+pub mod sns;
 pub mod sqs;
 pub mod sts;
 
