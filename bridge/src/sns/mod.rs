@@ -2,3 +2,4 @@
 //! signatures.
 
 pub mod filter;
+pub mod signature;
