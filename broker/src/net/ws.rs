@@ -154,10 +154,24 @@ async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Request, Vec<u8>), WsRefused> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = match stream.read_buf(&mut buf).await {
+            Ok(n) => n,
+            // How much of the request came tells a client that never sent it (0 bytes) from one
+            // that stopped half-way.
+            Err(e) => {
+                return Err(WsRefused::Io(io::Error::new(
+                    e.kind(),
+                    format!("after {} bytes of the upgrade request: {e}", buf.len()),
+                )))
+            }
+        };
+        if read == 0 {
             return Err(WsRefused::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "connection closed during the upgrade request",
+                format!(
+                    "connection closed after {} bytes of the upgrade request",
+                    buf.len()
+                ),
             )));
         }
         let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
@@ -516,6 +530,21 @@ mod tests {
             );
             assert!(answer.contains(needle), "{answer}");
         }
+    }
+
+    /// A client that goes away mid-request: the error says how much of the request came (the
+    /// log line that tells "never sent" from "stopped half-way").
+    #[tokio::test]
+    async fn closed_mid_request_says_how_much_came() {
+        let (mut client, server) = duplex(1024);
+        client.write_all(b"GET /ws HTTP/1.1\r\nHost").await.unwrap();
+        drop(client);
+        let err = accept(server, Duration::from_secs(5)).await.err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("connection closed after 22 bytes of the upgrade request"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
