@@ -522,6 +522,58 @@ def test_bad_websocket_handshake(tls_broker, request_text, status, needle):
         assert keep.recv(timeout=WAIT) == b"\xd0\x00"  # PINGRESP
 
 
+# Small limits, so that an oversized message is a few KiB.
+WS_LIMIT = 1024
+
+
+@pytest.fixture(scope="module")
+def small_limits_broker():
+    tmp = Path(tempfile.mkdtemp(prefix="wharf-test-"))
+    b = WharfProcess(tmp / "data", env={"WHARF_MQTT__PACKET_BYTES_MAX": str(WS_LIMIT),
+                                        "WHARF_STOMP__FRAME_BYTES_MAX": str(WS_LIMIT)}).start()
+    try:
+        yield b
+    finally:
+        b.stop_quietly()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("subprotocol,message_bytes_max", [
+    ("mqtt", WS_LIMIT),
+    # The STOMP frame limit, plus 16 bytes for heart-beat EOLs.
+    ("v12.stomp", WS_LIMIT + 16),
+])
+def test_oversized_websocket_message_closed_with_1009(small_limits_broker, subprotocol,
+                                                      message_bytes_max):
+    """A WebSocket message over the protocol's own limit (mqtt.packet_bytes_max,
+    stomp.frame_bytes_max) gets close code 1009; other connections go on."""
+    url = f"ws://127.0.0.1:{small_limits_broker.ports['ws']}/ws"
+    with ws_connect(url, subprotocols=["mqtt"], open_timeout=WAIT) as keep:
+        keep.send(connect_packet(f"keep-{uuid.uuid4().hex[:8]}"))
+        assert keep.recv(timeout=WAIT)[:1] == b"\x20"
+        with ws_connect(url, subprotocols=[subprotocol], open_timeout=WAIT,
+                        max_size=None) as big:
+            big.send(b"x" * (message_bytes_max + 1))
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as e:
+                big.recv(timeout=WAIT)
+            assert e.value.rcvd is not None and e.value.rcvd.code == 1009, e.value
+        keep.send(b"\xc0\x00")  # PINGREQ
+        assert keep.recv(timeout=WAIT) == b"\xd0\x00"  # PINGRESP
+        # A message at the limit is read (for STOMP, a frame at the limit).
+        if subprotocol == "v12.stomp":
+            with ws_connect(url, subprotocols=[subprotocol], open_timeout=WAIT) as ok:
+                ok.send(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"),
+                                                ("login", "guest"), ("passcode", "guest")]))
+                assert recv_stomp_frame(ok)[0] == "CONNECTED"
+                head = stomp_frame("SEND", [("destination", "/queue/big"), ("receipt", "r")], "")
+                body = "b" * (WS_LIMIT - len(head))
+                frame = stomp_frame("SEND", [("destination", "/queue/big"), ("receipt", "r")],
+                                    body)
+                assert len(frame) == WS_LIMIT
+                ok.send(frame + "\r\n" * 8)
+                assert recv_stomp_frame(ok)[:2] == ("RECEIPT", {"receipt-id": "r"})
+
+
 def test_websocket_client_with_wrong_subprotocol(tls_broker):
     with pytest.raises(websockets.exceptions.InvalidStatus) as e:
         ws_connect(ws_url(tls_broker), subprotocols=["chat"], open_timeout=WAIT)
