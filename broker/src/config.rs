@@ -259,7 +259,8 @@ section! {
         /// such a CONNECT is refused with 0x86 (3.1.x return code 4).
         pub anonymous_user: String = String::new(),
         /// Largest MQTT packet accepted, fixed header included; announced to MQTT 5 clients as
-        /// Maximum Packet Size. 16 MiB, RabbitMQ's default.
+        /// Maximum Packet Size. 16 MiB, RabbitMQ's default. Over WebSocket also the largest
+        /// message (a larger one is closed with 1009).
         pub packet_bytes_max: u32 = 16 << 20,
         /// Unacknowledged QoS 1/2 messages sent to a client that does not set MQTT 5's Receive
         /// Maximum (every 3.1.x client), and the Receive Maximum announced to MQTT 5 clients.
@@ -282,7 +283,9 @@ section! {
         /// User a CONNECT without `login` logs in as (RabbitMQ's `stomp.default_user`). Empty:
         /// such a CONNECT is refused with an ERROR frame.
         pub default_user: String = String::new(),
-        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`).
+        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`). Over
+        /// WebSocket also the largest message, plus 16 bytes for heart-beat EOLs (a larger one
+        /// is closed with 1009).
         pub frame_bytes_max: u64 = 4 << 20,
         /// Most headers in one frame (RabbitMQ's `stomp.max_headers`).
         pub header_count_max: u32 = 1000,
@@ -1077,6 +1080,14 @@ impl Config {
     /// How long a WebSocket client gets for the upgrade request.
     pub fn ws_handshake_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.tls.handshake_timeout_secs)
+    }
+
+    /// The largest WebSocket message each protocol takes: its own packet or frame limit.
+    pub fn ws_message_limits(&self) -> crate::net::ws::MessageLimits {
+        crate::net::ws::MessageLimits::new(
+            self.mqtt.packet_bytes_max as usize,
+            usize::try_from(self.stomp.frame_bytes_max).unwrap_or(usize::MAX),
+        )
     }
 
     /// The STOMP sessions' part of the configuration.
