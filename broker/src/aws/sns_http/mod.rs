@@ -15,8 +15,11 @@
 //!   `bridge::sns::signature::sign_envelope`, and [`SnsHttp::signing_cert_url`] for
 //!   `SigningCertURL`), or the bare message for raw delivery. Building it in the SNS layer
 //!   means the same envelope goes to SQS and HTTP subscribers.
-//! - Success is a 2xx answer. Anything else (other statuses, refused connections, TLS failures,
-//!   no answer within `sns.http_timeout_secs`) is retried; when the policy's retries are spent,
+//! - As in AWS, an answer in 200-499 ends the delivery: 2xx delivered, 3xx and 4xx refused by
+//!   the endpoint (logged, neither retried nor dead-lettered: AWS counts an attempt failed only
+//!   when the status is outside 200-4xx or no answer comes). Anything else (1xx, 5xx, refused
+//!   connections, TLS failures, no answer within `sns.http_timeout_secs`) is retried; when the
+//!   policy's retries are spent,
 //!   a post with a `dead_letter_arn` goes to the [`DeadLetterSink`] the broker implements
 //!   (the target is an ARN, not a callback, so that it survives a restart in the outbox), and
 //!   one without is logged and dropped, as AWS drops it.
@@ -29,7 +32,8 @@
 //! `x-amz-sns-topic-arn`, `x-amz-sns-subscription-arn` (not on a SubscriptionConfirmation: the
 //! subscription is still pending), `x-amz-sns-rawdelivery: true` for raw delivery,
 //! `Content-Type` from the policy's `requestPolicy` (`text/plain; charset=UTF-8` by default) and
-//! `User-Agent: Amazon Simple Notification Service Agent`.
+//! `User-Agent: Amazon Simple Notification Service Agent`. A policy's `throttlePolicy`
+//! spaces attempts to one subscription `1 / maxReceivesPerSecond` apart (throttle.rs).
 //!
 //! Not kept across a restart: how many attempts a post already had; a resumed post starts its
 //! retry schedule again (at-least-once, like every SNS delivery).
@@ -40,6 +44,7 @@ mod outbox;
 pub mod policy;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::fs;
 use std::io::{self, Write};
@@ -49,6 +54,7 @@ use std::time::Duration;
 
 use bridge::sns::signature::{MessageType, SigningKey};
 use bytes::Bytes;
+use http::StatusCode;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -62,6 +68,7 @@ pub use policy::DeliveryPolicy;
 
 use client::Client;
 use outbox::Outbox;
+use throttle::Pacer;
 
 /// The `User-Agent` AWS sends, which some receivers check.
 pub const USER_AGENT: &str = "Amazon Simple Notification Service Agent";
@@ -137,6 +144,7 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     in_flight: Semaphore,
+    pacer: Mutex<Pacer>,
 }
 
 impl std::fmt::Debug for SnsHttp {
@@ -222,6 +230,7 @@ impl SnsHttp {
                 shutdown,
                 tasks: TaskTracker::new(),
                 in_flight: Semaphore::new(IN_FLIGHT_MAX),
+                pacer: Mutex::new(Pacer::default()),
             }),
         };
         for (id, post) in pending {
@@ -289,6 +298,8 @@ impl SnsHttp {
 /// How a post's delivery ended.
 enum Outcome {
     Delivered,
+    /// The endpoint answered 3xx or 4xx: AWS neither retries nor dead-letters that.
+    Refused(StatusCode),
     Failed(String),
     /// Shut down before it ended: the post stays pending for the next start.
     Interrupted,
@@ -321,10 +332,19 @@ impl Inner {
         headers
     }
 
-    /// One attempt: `Ok` on a 2xx answer.
-    async fn attempt(&self, url: &Url, post: &HttpPost) -> Result<(), String> {
+    /// One attempt: `Ok` with the status when the answer ends the delivery (200-499), `Err`
+    /// when it is to be retried.
+    async fn attempt(&self, url: &Url, post: &HttpPost) -> Result<StatusCode, String> {
         // Checked at every attempt: the allow-list may have shrunk since the post was queued.
         self.config.allow.check(url)?;
+        if let Some(throttle) = post.delivery_policy.throttle_policy {
+            let slot = self.pacer.lock().reserve(
+                &post.subscription_arn,
+                throttle.max_receives_per_second,
+                tokio::time::Instant::now().into_std(),
+            );
+            tokio::time::sleep_until(slot.into()).await;
+        }
         let _permit = self
             .in_flight
             .acquire()
@@ -334,8 +354,8 @@ impl Inner {
             .client
             .post(url, &self.headers(post), Bytes::from(post.body.clone()))
             .await?;
-        if status.is_success() {
-            Ok(())
+        if (200..500).contains(&status.as_u16()) {
+            Ok(status)
         } else {
             Err(format!("answered {status}"))
         }
@@ -354,7 +374,8 @@ impl Inner {
                 result = self.attempt(&url, post) => result,
             };
             let reason = match result {
-                Ok(()) => return Outcome::Delivered,
+                Ok(status) if status.is_success() => return Outcome::Delivered,
+                Ok(status) => return Outcome::Refused(status),
                 Err(reason) => reason,
             };
             retry += 1;
@@ -381,6 +402,12 @@ impl Inner {
         match self.run(&post).await {
             Outcome::Interrupted => return,
             Outcome::Delivered => {}
+            Outcome::Refused(status) => tracing::warn!(
+                endpoint = %post.endpoint,
+                subscription = %post.subscription_arn,
+                message_id = %post.message_id,
+                "SNS HTTP: the endpoint answered {status}; not retried (as AWS)"
+            ),
             Outcome::Failed(reason) => match &post.dead_letter_arn {
                 Some(arn) => self.dead_letters.dead_letter(arn, &post, &reason),
                 None => tracing::warn!(

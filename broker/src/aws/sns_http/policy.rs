@@ -16,8 +16,8 @@
 //! `maxDelayTarget` apart. AWS publishes the backoff curves as a graph only; here, with `t` the
 //! position in the phase (0 < t <= 1): linear `t`, arithmetic `t^2`, geometric
 //! `min*(max/min)^t`, exponential `(2^(10t)-1)/1023`, each scaled from min to max, so the
-//! last backoff retry waits `maxDelayTarget`. `throttlePolicy` is validated and kept but not
-//! enforced: posts are not rate-limited per subscription.
+//! last backoff retry waits `maxDelayTarget`. `throttlePolicy` is applied by the delivery
+//! engine (throttle.rs).
 
 use std::time::Duration;
 

@@ -285,7 +285,7 @@ async fn notification_and_raw_posts_name_the_subscription() {
 #[tokio::test]
 async fn failed_attempts_are_retried_until_a_2xx() {
     let dir = tempfile::tempdir().unwrap();
-    let mut endpoint = Endpoint::start(&[500, 503, 404]).await;
+    let mut endpoint = Endpoint::start(&[500, 503, 502]).await;
     let sink = Arc::new(Sink::default());
     let (http, _shutdown) = start(dir.path(), &["127.0.0.1"], sink.clone());
     let mut p = post(&endpoint.url("/"), MessageType::Notification, "m".into());
@@ -305,6 +305,25 @@ async fn failed_attempts_are_retried_until_a_2xx() {
         endpoint.seen.try_recv().is_err(),
         "no attempt after the 2xx"
     );
+}
+
+/// AWS counts an attempt failed only outside 200-499: a 3xx or 4xx answer ends the delivery,
+/// without retry or dead-lettering.
+#[tokio::test]
+async fn answers_in_3xx_and_4xx_are_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut endpoint = Endpoint::start(&[404, 301, 429]).await;
+    let sink = Arc::new(Sink::default());
+    let (http, _shutdown) = start(dir.path(), &["127.0.0.1"], sink.clone());
+    for body in ["a", "b", "c"] {
+        let mut p = post(&endpoint.url("/"), MessageType::Notification, body.into());
+        p.dead_letter_arn = Some("arn:aws:sqs:us-east-1:000000000000:dlq".into());
+        http.enqueue(p).unwrap();
+        assert_eq!(endpoint.next().await.body, body);
+        wait_until_delivered(&http).await;
+    }
+    assert!(endpoint.seen.try_recv().is_err(), "one attempt each");
+    assert!(sink.posts.lock().is_empty());
 }
 
 #[tokio::test]
@@ -684,4 +703,20 @@ fn effective_policy_layers_topic_and_subscription() {
     let json: Value = serde_json::from_str(&both.to_json()).unwrap();
     assert_eq!(json["healthyRetryPolicy"]["numRetries"], 1);
     assert_eq!(json["healthyRetryPolicy"]["backoffFunction"], "linear");
+}
+
+#[test]
+fn throttle_spaces_attempts_per_subscription() {
+    let mut pacer = throttle::Pacer::default();
+    let t0 = std::time::Instant::now();
+    let ms = |i: std::time::Instant| (i - t0).as_millis();
+    // 4 per second: 250 ms apart, in the order asked.
+    let slots: Vec<u128> = (0..4).map(|_| ms(pacer.reserve("a", 4, t0))).collect();
+    assert_eq!(slots, [0, 250, 500, 750]);
+    // Another subscription has its own slots.
+    assert_eq!(ms(pacer.reserve("b", 4, t0)), 0);
+    // Idle long enough, a subscription starts again at once.
+    let later = t0 + Duration::from_secs(5);
+    assert_eq!(ms(pacer.reserve("a", 4, later)), 5_000);
+    assert_eq!(ms(pacer.reserve("a", 4, later)), 5_250);
 }
