@@ -10,7 +10,10 @@
 //! - [`SnsHttp::check_endpoint`] for Subscribe: `http`/`https` and a host `sns.http_allow`
 //!   allows ([`allow`] says how entries match); the error text goes into InvalidParameter.
 //! - [`SnsHttp::enqueue`]`(`[`HttpPost`]`)`: the post is on disk (fsynced) when it returns `Ok`,
-//!   then attempted at once and retried per its [`DeliveryPolicy`]. The caller builds the body:
+//!   then attempted at once and retried per its [`DeliveryPolicy`]; [`SnsHttp::enqueue_all`]
+//!   stores a Publish's posts for all HTTP/S subscriptions with one fsync. The fsync blocks the
+//!   calling thread (as the message store's does), so call it where blocking is allowed or
+//!   accept a few milliseconds on the runtime thread. The caller builds the body:
 //!   the signed JSON envelope (use [`SnsHttp::signing_key`] with
 //!   `bridge::sns::signature::sign_envelope`, and [`SnsHttp::signing_cert_url`] for
 //!   `SigningCertURL`), or the bare message for raw delivery. Building it in the SNS layer
@@ -246,8 +249,16 @@ impl SnsHttp {
 
     /// Stores the post (fsynced), then delivers it in the background.
     pub fn enqueue(&self, post: HttpPost) -> io::Result<()> {
-        let id = self.inner.outbox.lock().append(&post)?;
-        self.spawn(id, post);
+        self.enqueue_all(vec![post])
+    }
+
+    /// Stores several posts with one fsync (a Publish to a topic with many HTTP/S
+    /// subscriptions), then delivers them in the background. All or none are stored.
+    pub fn enqueue_all(&self, posts: Vec<HttpPost>) -> io::Result<()> {
+        let ids = self.inner.outbox.lock().append_all(&posts)?;
+        for (id, post) in ids.into_iter().zip(posts) {
+            self.spawn(id, post);
+        }
         Ok(())
     }
 

@@ -157,26 +157,36 @@ impl Outbox {
         Ok((outbox, posts))
     }
 
-    /// Appends a post, durable (fsynced) when this returns; gives its id.
-    pub(crate) fn append(&mut self, post: &HttpPost) -> io::Result<u64> {
-        let payload = serde_json::to_vec(post).map_err(io::Error::other)?;
-        if payload.len() > POST_BYTES_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "SNS HTTP post of {} bytes is over the {POST_BYTES_MAX} byte limit",
-                    payload.len()
-                ),
-            ));
+    /// Appends posts, durable (one fsync for all) when this returns; gives their ids in order.
+    /// All or none: nothing is kept in memory unless the write and the fsync succeeded.
+    pub(crate) fn append_all(&mut self, posts: &[HttpPost]) -> io::Result<Vec<u64>> {
+        let mut payloads = Vec::with_capacity(posts.len());
+        for post in posts {
+            let payload = serde_json::to_vec(post).map_err(io::Error::other)?;
+            if payload.len() > POST_BYTES_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "SNS HTTP post of {} bytes is over the {POST_BYTES_MAX} byte limit",
+                        payload.len()
+                    ),
+                ));
+            }
+            payloads.push(payload);
         }
-        let id = self.next_id;
-        self.file.write_all(&record(KIND_POST, id, &payload))?;
+        let first = self.next_id;
+        let mut buf = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            buf.extend_from_slice(&record(KIND_POST, first + i as u64, payload));
+        }
+        self.file.write_all(&buf)?;
         if self.fsync {
             self.file.sync_data()?;
         }
-        self.next_id += 1;
-        self.pending.insert(id, payload);
-        Ok(id)
+        self.next_id += payloads.len() as u64;
+        let ids: Vec<u64> = (first..self.next_id).collect();
+        self.pending.extend(ids.iter().copied().zip(payloads));
+        Ok(ids)
     }
 
     /// Marks a post done; compacts when done marks outnumber pending posts.

@@ -280,6 +280,21 @@ async fn notification_and_raw_posts_name_the_subscription() {
     assert_eq!(seen.headers["x-amz-sns-rawdelivery"], "true");
     assert_eq!(seen.body, "just the message");
     wait_until_delivered(&http).await;
+    // A Publish to several subscriptions stores all its posts at once; each is delivered.
+    let batch: Vec<HttpPost> = (0..5)
+        .map(|i| post(&url, MessageType::Notification, format!("fan-out {i}")))
+        .collect();
+    http.enqueue_all(batch).unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        bodies.push(endpoint.next().await.body);
+    }
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("fan-out {i}")).collect::<Vec<_>>()
+    );
+    wait_until_delivered(&http).await;
 }
 
 #[tokio::test]
@@ -459,7 +474,7 @@ fn outbox_compacts_when_done_marks_outnumber_pending_posts() {
         "x".repeat(100),
     );
     let ids: Vec<u64> = (0..outbox::COMPACT_MIN_DONE + 10)
-        .map(|_| outbox.append(&p).unwrap())
+        .map(|_| outbox.append_all(std::slice::from_ref(&p)).unwrap()[0])
         .collect();
     let log = dir.path().join("outbox.log");
     let full = fs::metadata(&log).unwrap().len();
