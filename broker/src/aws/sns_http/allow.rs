@@ -11,7 +11,9 @@
 //! - `*`: every endpoint (for closed test networks only).
 //!
 //! A name is never allowed through a network entry: deciding that would need a DNS lookup at
-//! Subscribe time, and the answer could change before the post (DNS rebinding).
+//! Subscribe time, and the answer could change before the post (DNS rebinding). Redirects are
+//! never followed (a 3xx answer ends the delivery), so an allowed endpoint cannot send the
+//! broker elsewhere.
 
 use std::net::IpAddr;
 

@@ -35,7 +35,8 @@
 //! `x-amz-sns-topic-arn`, `x-amz-sns-subscription-arn` (not on a SubscriptionConfirmation: the
 //! subscription is still pending), `x-amz-sns-rawdelivery: true` for raw delivery,
 //! `Content-Type` from the policy's `requestPolicy` (`text/plain; charset=UTF-8` by default) and
-//! `User-Agent: Amazon Simple Notification Service Agent`. A policy's `throttlePolicy`
+//! `User-Agent: Amazon Simple Notification Service Agent`, and `Authorization: Basic` when the
+//! endpoint carries a user and password (`https://user:pass@host/`), as AWS does. A policy's `throttlePolicy`
 //! spaces attempts to one subscription `1 / maxReceivesPerSecond` apart (throttle.rs).
 //!
 //! Not kept across a restart: how many attempts a post already had; a resumed post starts its
@@ -306,6 +307,42 @@ impl SnsHttp {
     }
 }
 
+/// `Authorization: Basic` for an endpoint with credentials in it
+/// (`https://user:password@host/path`), which AWS sends the same way.
+fn basic_auth(endpoint: &str) -> Option<String> {
+    use base64::Engine;
+    let url = Url::parse(endpoint).ok()?;
+    if url.username().is_empty() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or(""))
+    );
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
+/// The endpoint as logs show it: never the password it may carry.
+fn without_credentials(endpoint: &str) -> String {
+    match Url::parse(endpoint) {
+        Ok(mut url) => {
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        }
+        Err(_) => "(unparsable endpoint)".to_string(),
+    }
+}
+
 /// How a post's delivery ended.
 enum Outcome {
     Delivered,
@@ -340,6 +377,9 @@ impl Inner {
                 .clone(),
         ));
         headers.push(("user-agent", USER_AGENT.to_string()));
+        if let Some(credentials) = basic_auth(&post.endpoint) {
+            headers.push(("authorization", credentials));
+        }
         headers
     }
 
@@ -394,7 +434,7 @@ impl Inner {
                 return Outcome::Failed(format!("{reason} (after {retry} attempts)"));
             };
             tracing::debug!(
-                endpoint = %post.endpoint,
+                endpoint = %without_credentials(&post.endpoint),
                 message_id = %post.message_id,
                 retry,
                 ?delay,
@@ -414,7 +454,7 @@ impl Inner {
             Outcome::Interrupted => return,
             Outcome::Delivered => {}
             Outcome::Refused(status) => tracing::warn!(
-                endpoint = %post.endpoint,
+                endpoint = %without_credentials(&post.endpoint),
                 subscription = %post.subscription_arn,
                 message_id = %post.message_id,
                 "SNS HTTP: the endpoint answered {status}; not retried (as AWS)"
@@ -422,7 +462,7 @@ impl Inner {
             Outcome::Failed(reason) => match &post.dead_letter_arn {
                 Some(arn) => self.dead_letters.dead_letter(arn, &post, &reason),
                 None => tracing::warn!(
-                    endpoint = %post.endpoint,
+                    endpoint = %without_credentials(&post.endpoint),
                     subscription = %post.subscription_arn,
                     message_id = %post.message_id,
                     "SNS HTTP: delivery failed and no dead-letter queue is set; dropped: {reason}"

@@ -273,12 +273,25 @@ async fn notification_and_raw_posts_name_the_subscription() {
     assert_eq!(seen.headers["x-amz-sns-message-type"], "Notification");
     assert_eq!(seen.headers["x-amz-sns-subscription-arn"], SUBSCRIPTION);
     assert_eq!(seen.headers["content-type"], "application/json");
+    assert!(seen.headers.get("authorization").is_none());
     let mut raw = post(&url, MessageType::Notification, "just the message".into());
     raw.raw = true;
     http.enqueue(raw).unwrap();
     let seen = endpoint.next().await;
     assert_eq!(seen.headers["x-amz-sns-rawdelivery"], "true");
     assert_eq!(seen.body, "just the message");
+    wait_until_delivered(&http).await;
+    // Credentials in the endpoint become basic authentication, percent-decoded.
+    let with_user = format!(
+        "http://sns%40app:p%3Ass+w@localhost:{}/n",
+        endpoint.addr.port()
+    );
+    http.enqueue(post(&with_user, MessageType::Notification, "auth".into()))
+        .unwrap();
+    let seen = endpoint.next().await;
+    // base64("sns@app:p:ss+w")
+    assert_eq!(seen.headers["authorization"], "Basic c25zQGFwcDpwOnNzK3c=");
+    assert_eq!(seen.target, "/n");
     wait_until_delivered(&http).await;
     // A Publish to several subscriptions stores all its posts at once; each is delivered.
     let batch: Vec<HttpPost> = (0..5)
@@ -734,4 +747,17 @@ fn throttle_spaces_attempts_per_subscription() {
     let later = t0 + Duration::from_secs(5);
     assert_eq!(ms(pacer.reserve("a", 4, later)), 5_000);
     assert_eq!(ms(pacer.reserve("a", 4, later)), 5_250);
+}
+
+#[test]
+fn logged_endpoints_carry_no_credentials() {
+    assert_eq!(
+        without_credentials("https://user:secret@hooks.example.com:8443/in?x=1"),
+        "https://hooks.example.com:8443/in?x=1"
+    );
+    assert_eq!(
+        without_credentials("http://127.0.0.1/n"),
+        "http://127.0.0.1/n"
+    );
+    assert_eq!(basic_auth("http://127.0.0.1/n"), None);
 }
