@@ -11,9 +11,9 @@
 //! outnumber the pending posts (and there are at least [`COMPACT_MIN_DONE`]), the file is
 //! rewritten with the pending posts only: a temporary file, fsync, rename, fsync of the folder.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::HttpPost;
@@ -32,8 +32,9 @@ pub(crate) struct Outbox {
     file: File,
     fsync: bool,
     next_id: u64,
-    /// Pending posts' encoded payloads, kept for compaction.
-    pending: BTreeMap<u64, Vec<u8>>,
+    /// Ids of the pending posts; their bytes stay on disk only (compaction copies them from
+    /// the file), so a backlog costs memory once, in the delivery tasks.
+    pending: BTreeSet<u64>,
     done_in_file: u64,
 }
 
@@ -130,19 +131,15 @@ impl Outbox {
             file.sync_all()?;
         }
         file.seek(SeekFrom::End(0))?;
-        let mut posts = Vec::with_capacity(pending.len());
-        pending.retain(
-            |id, payload| match serde_json::from_slice::<HttpPost>(payload) {
-                Ok(post) => {
-                    posts.push((*id, post));
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(id, "SNS HTTP outbox: unreadable post dropped: {e}");
-                    false
-                }
-            },
-        );
+        let read = pending.len();
+        let mut posts = Vec::with_capacity(read);
+        for (id, payload) in pending {
+            match serde_json::from_slice::<HttpPost>(&payload) {
+                Ok(post) => posts.push((id, post)),
+                Err(e) => tracing::warn!(id, "SNS HTTP outbox: unreadable post dropped: {e}"),
+            }
+        }
+        let pending: BTreeSet<u64> = posts.iter().map(|(id, _)| *id).collect();
         let mut outbox = Outbox {
             path,
             file,
@@ -151,7 +148,8 @@ impl Outbox {
             pending,
             done_in_file,
         };
-        if outbox.done_in_file > 0 {
+        // Done marks, or unreadable posts, to leave out of the file.
+        if outbox.done_in_file > 0 || posts.len() != read {
             outbox.compact()?;
         }
         Ok((outbox, posts))
@@ -185,13 +183,13 @@ impl Outbox {
         }
         self.next_id += payloads.len() as u64;
         let ids: Vec<u64> = (first..self.next_id).collect();
-        self.pending.extend(ids.iter().copied().zip(payloads));
+        self.pending.extend(ids.iter().copied());
         Ok(ids)
     }
 
     /// Marks a post done; compacts when done marks outnumber pending posts.
     pub(crate) fn complete(&mut self, id: u64) -> io::Result<()> {
-        if self.pending.remove(&id).is_none() {
+        if !self.pending.remove(&id) {
             return Ok(());
         }
         self.file.write_all(&record(KIND_DONE, id, &[]))?;
@@ -206,17 +204,21 @@ impl Outbox {
         self.pending.len()
     }
 
-    /// Rewrites the file with the pending posts only.
+    /// Rewrites the file with the pending posts only, copied from the current file. A read
+    /// error leaves the current file as it is.
     fn compact(&mut self) -> io::Result<()> {
         let tmp = self.path.with_extension("log.tmp");
         {
-            let mut out = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            for (id, payload) in &self.pending {
-                buf.extend_from_slice(&record(KIND_POST, *id, payload));
+            let mut reader = BufReader::new(File::open(&self.path)?);
+            let mut out = BufWriter::new(File::create(&tmp)?);
+            while let Some((kind, id, payload)) = read_record(&mut reader)
+                .map_err(|why| io::Error::other(format!("compaction: {why}")))?
+            {
+                if kind == KIND_POST && self.pending.contains(&id) {
+                    out.write_all(&record(KIND_POST, id, &payload))?;
+                }
             }
-            out.write_all(&buf)?;
-            out.sync_all()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
