@@ -22,10 +22,9 @@
 //!   the endpoint (logged, neither retried nor dead-lettered: AWS counts an attempt failed only
 //!   when the status is outside 200-4xx or no answer comes). Anything else (1xx, 5xx, refused
 //!   connections, TLS failures, no answer within `sns.http_timeout_secs`) is retried; when the
-//!   policy's retries are spent,
-//!   a post with a `dead_letter_arn` goes to the [`DeadLetterSink`] the broker implements
-//!   (the target is an ARN, not a callback, so that it survives a restart in the outbox), and
-//!   one without is logged and dropped, as AWS drops it.
+//!   policy's retries are spent, a post with a `dead_letter_arn` goes to the [`DeadLetterSink`]
+//!   the broker implements (the target is an ARN, not a callback, so that it survives a
+//!   restart in the outbox), and one without is logged and dropped, as AWS drops it.
 //! - [`SnsHttp::certificate_pem`] and [`SnsHttp::certificate_path`]: what the HTTP listener
 //!   serves, and where (`/SimpleNotificationService-<hash>.pem`, named as AWS names its own).
 //! - [`policy`]: DeliveryPolicy parsing and validation for Set{Subscription,Topic}Attributes and
@@ -36,11 +35,14 @@
 //! subscription is still pending), `x-amz-sns-rawdelivery: true` for raw delivery,
 //! `Content-Type` from the policy's `requestPolicy` (`text/plain; charset=UTF-8` by default) and
 //! `User-Agent: Amazon Simple Notification Service Agent`, and `Authorization: Basic` when the
-//! endpoint carries a user and password (`https://user:pass@host/`), as AWS does. A policy's `throttlePolicy`
-//! spaces attempts to one subscription `1 / maxReceivesPerSecond` apart (throttle.rs).
+//! endpoint carries a user and password (`https://user:pass@host/`), as AWS does. A policy's
+//! `throttlePolicy` spaces attempts to one subscription `1 / maxReceivesPerSecond` apart
+//! (throttle.rs).
 //!
 //! Not kept across a restart: how many attempts a post already had; a resumed post starts its
-//! retry schedule again (at-least-once, like every SNS delivery).
+//! retry schedule again (at-least-once, like every SNS delivery). Each pending post is one
+//! tokio task holding the post, so a backlog (an endpoint down while publishes continue, for
+//! up to the policy's hour of retries) costs its bodies in memory.
 
 pub mod allow;
 mod client;
