@@ -15,6 +15,7 @@
 pub mod dedup;
 pub mod mapping;
 pub mod meta;
+pub mod sns_http;
 pub mod sqs;
 pub mod tasks;
 
