@@ -113,23 +113,31 @@ pub fn decode(
                 .get("x-amz-target")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let op = target.strip_prefix("AmazonSQS.").unwrap_or("").to_string();
-            if !OPERATIONS.contains(&op.as_str()) {
-                return Err(unknown_operation(protocol, &op));
+            let op = target.strip_prefix("AmazonSQS.").unwrap_or("");
+            if !OPERATIONS.contains(&op) {
+                return Err(unknown_operation(protocol, op));
             }
-            let input = if body.iter().all(u8::is_ascii_whitespace) {
-                serde_json::Value::Object(Default::default())
-            } else {
-                serde_json::from_slice(body).map_err(|e| {
-                    AwsError::serialization(format!("Request body is not valid JSON: {e}"))
-                })?
+            let body: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                None => b"{}",
+                Some(b'{') => body,
+                Some(_) => {
+                    return Err(
+                        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                            Err(e) => not_json(&e),
+                            Ok(_) => AwsError::serialization("Request body must be a JSON object."),
+                        },
+                    )
+                }
             };
-            if !input.is_object() {
-                return Err(AwsError::serialization(
-                    "Request body must be a JSON object.",
-                ));
-            }
-            (op, input)
+            // Typed straight from the bytes: no intermediate Value on the hot path.
+            let decoded = SqsRequest::decode_json(op, body)
+                .unwrap_or_else(|| unreachable!("{op} is in OPERATIONS"));
+            let request = match decoded {
+                Err(e) if e.is_syntax() || e.is_eof() => return Err(not_json(&e)),
+                r => r.map_err(|e| input_error(&e))?,
+            };
+            validate(&request)?;
+            return Ok(request);
         }
         Protocol::Query => {
             let params = query_params(parts, body);
@@ -169,18 +177,29 @@ pub fn decode(
     };
     let request = SqsRequest::decode(&op, input)
         .unwrap_or_else(|| unreachable!("{op} is in OPERATIONS"))
-        .map_err(|e| {
-            let msg = e.to_string();
-            match msg.strip_prefix("missing field `") {
-                Some(rest) => AwsError::missing_parameter(format!(
-                    "The request must contain the parameter {}.",
-                    rest.split('`').next().unwrap_or(rest)
-                )),
-                None => AwsError::invalid_parameter_value(msg),
-            }
-        })?;
+        .map_err(|e| input_error(&e))?;
     validate(&request)?;
     Ok(request)
+}
+
+fn not_json(e: &serde_json::Error) -> AwsError {
+    AwsError::serialization(format!("Request body is not valid JSON: {e}"))
+}
+
+/// A well-formed input of the wrong shape: a missing member is AWS's MissingParameter, any
+/// other mismatch InvalidParameterValue. The message leaves out serde_json's "at line L column
+/// C" (a body decoded from bytes has one, the Query protocol's decoded value has none).
+fn input_error(e: &serde_json::Error) -> AwsError {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let msg = text.strip_suffix(position.as_str()).unwrap_or(&text);
+    match msg.strip_prefix("missing field `") {
+        Some(rest) => AwsError::missing_parameter(format!(
+            "The request must contain the parameter {}.",
+            rest.split('`').next().unwrap_or(rest)
+        )),
+        None => AwsError::invalid_parameter_value(msg),
+    }
 }
 
 /// AWS's answer to an operation it does not know (and to one Wharf does not serve yet).
@@ -460,11 +479,10 @@ pub fn success_response(
     resp: &SqsResponse,
     request_id: &str,
 ) -> Response<Bytes> {
-    let json = resp.to_json();
     let (body, content_type) = match protocol {
-        Protocol::Json => (json.to_string(), "application/x-amz-json-1.0"),
+        Protocol::Json => (resp.to_json_vec(), "application/x-amz-json-1.0"),
         Protocol::Query => (
-            xml::response(resp.operation(), &json, request_id),
+            xml::response(resp.operation(), &resp.to_json(), request_id).into_bytes(),
             "text/xml",
         ),
     };

@@ -32,8 +32,8 @@ use super::mapping;
 use super::meta::{MetaStore, QueueMeta};
 use super::tasks::{self, MoveTask};
 use crate::engine::{
-    Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
-    VISIBLE_AT_HEADER,
+    Engine, Enqueued, Lsn, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost,
+    GROUP_ID_HEADER, VISIBLE_AT_HEADER,
 };
 
 /// Connection id SQS requests use for engine calls: no SQS request owns an exclusive queue.
@@ -353,13 +353,16 @@ impl SqsEngine {
         Ok(SqsResponse::SetQueueAttributes(Empty {}))
     }
 
-    /// Sends one message; SendMessage and each SendMessageBatch entry go through here.
-    async fn send(
+    /// Enqueues one message; SendMessage and each SendMessageBatch entry go through here.
+    /// Returns the answer and the store Lsn the caller must wait for before answering: a
+    /// batch enqueues every entry first and waits once, so its entries share one group commit
+    /// instead of paying one fsync each.
+    fn send(
         &self,
         ctx: &RequestContext,
         f: &Found,
         i: &SendMessageInput,
-    ) -> Result<SendMessageOutput, AwsError> {
+    ) -> Result<(SendMessageOutput, Lsn), AwsError> {
         validate_send(i)?;
         let fifo = if f.config.fifo {
             Some(self.fifo_checks(ctx, f, i)?)
@@ -372,7 +375,9 @@ impl SqsEngine {
             None
         };
         if let Some(Fifo::Duplicate(out)) = fifo {
-            return Ok(out);
+            // The first send's answer; its own Lsn may not be durable yet, so wait for
+            // everything submitted so far.
+            return Ok((out, self.engine.submitted_lsn()));
         }
         let size = message_size(i);
         let max = f.config.maximum_message_bytes as usize;
@@ -423,19 +428,22 @@ impl SqsEngine {
                 .get_or_insert_with(Table::new)
                 .insert(VISIBLE_AT_HEADER.into(), Value::long_string(at.to_string()));
         }
-        match f
+        let lsn = match f
             .queue
             .publish_delayed(&Arc::new(m), &mut None, Duration::from_secs(delay))
         {
-            Enqueued::Accepted { lsn } => self.engine.wait_durable(lsn).await,
+            Enqueued::Accepted { lsn } => lsn,
             Enqueued::Rejected => {
                 return Err(AwsError::invalid_parameter_value(format!(
                     "Queue {} is full (its AMQP x-overflow policy refuses messages).",
                     f.queue.name
                 )))
             }
-        }
-        Ok(SendMessageOutput::for_input(i, message_id, sequence_number))
+        };
+        Ok((
+            SendMessageOutput::for_input(i, message_id, sequence_number),
+            lsn,
+        ))
     }
 
     /// FIFO send rules: a group id, no per-message delay, a deduplication id (given or the
@@ -500,17 +508,23 @@ impl SqsEngine {
             successful: Vec::new(),
             failed: Vec::new(),
         };
+        let mut last = 0;
         for e in &i.entries {
-            match self.send(ctx, &f, &e.to_send(&i.queue_url)).await {
-                Ok(result) => out.successful.push(SendMessageBatchResultEntry {
-                    id: e.id.clone(),
-                    result,
-                }),
+            match self.send(ctx, &f, &e.to_send(&i.queue_url)) {
+                Ok((result, lsn)) => {
+                    last = last.max(lsn);
+                    out.successful.push(SendMessageBatchResultEntry {
+                        id: e.id.clone(),
+                        result,
+                    })
+                }
                 Err(err) => out
                     .failed
                     .push(BatchResultErrorEntry::from_error(&e.id, &err)),
             }
         }
+        // Every successful entry is durable before the answer says so.
+        self.engine.wait_durable(last).await;
         Ok(SqsResponse::SendMessageBatch(out))
     }
 
@@ -906,7 +920,9 @@ impl SqsEngine {
             R::SetQueueAttributes(i) => return self.set_attributes(ctx, i),
             R::SendMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
-                SqsResponse::SendMessage(self.send(ctx, &f, &i).await?)
+                let (out, lsn) = self.send(ctx, &f, &i)?;
+                self.engine.wait_durable(lsn).await;
+                SqsResponse::SendMessage(out)
             }
             R::SendMessageBatch(i) => return self.send_batch(ctx, i).await,
             R::ReceiveMessage(i) => return self.receive(ctx, i).await,
