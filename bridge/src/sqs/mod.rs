@@ -232,7 +232,13 @@ pub fn validate(request: &SqsRequest) -> Result<(), AwsError> {
         SqsRequest::ReceiveMessage(i) => {
             range("MaxNumberOfMessages", i.max_number_of_messages, 1, 10)?;
             range("VisibilityTimeout", i.visibility_timeout, 0, 43_200)?;
-            range("WaitTimeSeconds", i.wait_time_seconds, 0, 20)
+            range("WaitTimeSeconds", i.wait_time_seconds, 0, 20)?;
+            match &i.receive_request_attempt_id {
+                Some(id) if !valid_attempt_id(id) => Err(AwsError::invalid_parameter_value(format!(
+                    "Value {id} for parameter ReceiveRequestAttemptId is invalid. Reason: Must be 1 to 128 alphanumeric or punctuation characters."
+                ))),
+                _ => Ok(()),
+            }
         }
         SqsRequest::ChangeMessageVisibility(i) => {
             range("VisibilityTimeout", Some(i.visibility_timeout), 0, 43_200)
@@ -272,6 +278,15 @@ pub fn validate(request: &SqsRequest) -> Result<(), AwsError> {
         }
         _ => Ok(()),
     }
+}
+
+/// ReceiveRequestAttemptId (and deduplication ids): 1–128 ASCII letters, digits and
+/// punctuation.
+fn valid_attempt_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b.is_ascii_punctuation())
 }
 
 /// Queue names: 1–80 characters of letters, digits, `-` and `_`, plus `.fifo` for FIFO queues.

@@ -15,6 +15,7 @@
 pub mod dedup;
 pub mod mapping;
 pub mod meta;
+pub mod receive_attempts;
 pub mod sqs;
 pub mod tasks;
 
