@@ -334,6 +334,20 @@ def test_change_message_visibility_and_batch(sqs, qname):
     assert code(e) == "InvalidParameterValue"
 
 
+def test_visibility_is_capped_at_12_hours_from_the_receive(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="long job")
+    m = sqs.receive_message(QueueUrl=url, VisibilityTimeout=600)["Messages"][0]
+    time.sleep(1.1)
+    # 43200 s from now would end more than 12 hours after the receive.
+    with pytest.raises(ClientError) as e:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=43200)
+    assert code(e) == "InvalidParameterValue"
+    assert "43200" in e.value.response["Error"]["Message"]
+    # Within the 12 hours it may still be extended.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=43000)
+
+
 def test_delete_message_batch(sqs, qname):
     url = sqs.create_queue(QueueName=qname)["QueueUrl"]
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(3)])

@@ -694,6 +694,14 @@ impl SqsEngine {
         let id = self
             .parse_receipt(&f.queue, handle)?
             .ok_or_else(not_inflight)?;
+        // A message is invisible for at most 12 hours from its receive, however often its
+        // visibility is extended.
+        let ago = f.queue.received_ago(id).ok_or_else(not_inflight)?;
+        if ago + Duration::from_secs(secs as u64) > Duration::from_secs(43_200) {
+            return Err(AwsError::invalid_parameter_value(format!(
+                "Value {secs} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+            )));
+        }
         if f.queue
             .change_visibility(id, Duration::from_secs(secs as u64))
         {

@@ -226,6 +226,8 @@ enum Lease {
     },
     Deadline {
         at: Instant,
+        /// When the receive took it: SQS caps a message's visibility at 12 hours from there.
+        received: Instant,
     },
 }
 
@@ -611,7 +613,7 @@ impl Queue {
         let mut lapsed = Vec::new();
         let mut next: Option<Instant> = None;
         for (id, f) in &st.in_flight {
-            if let Lease::Deadline { at } = f.lease {
+            if let Lease::Deadline { at, .. } = f.lease {
                 if at <= now {
                     lapsed.push(*id);
                 } else {
@@ -978,6 +980,7 @@ impl Queue {
                         entry,
                         lease: Lease::Deadline {
                             at: now + visibility,
+                            received: now,
                         },
                     },
                 );
@@ -1091,7 +1094,17 @@ impl Queue {
     pub fn receipt_deadline(&self, id: DeliveryId) -> Option<Instant> {
         let st = self.state.lock();
         match st.in_flight.get(&id)?.lease {
-            Lease::Deadline { at } if at > Instant::now() => Some(at),
+            Lease::Deadline { at, .. } if at > Instant::now() => Some(at),
+            _ => None,
+        }
+    }
+
+    /// How long ago a message under a deadline lease was received; `None` when it is not
+    /// under one.
+    pub fn received_ago(&self, id: DeliveryId) -> Option<Duration> {
+        let st = self.state.lock();
+        match st.in_flight.get(&id)?.lease {
+            Lease::Deadline { received, .. } => Some(received.elapsed()),
             _ => None,
         }
     }
@@ -1104,11 +1117,12 @@ impl Queue {
         let Some(inflight) = st.in_flight.get_mut(&id) else {
             return false;
         };
-        if !matches!(inflight.lease, Lease::Deadline { .. }) {
+        let Lease::Deadline { received, .. } = inflight.lease else {
             return false;
-        }
+        };
         inflight.lease = Lease::Deadline {
             at: now + visibility,
+            received,
         };
         Self::note_deadline(&mut st, now + visibility);
         if visibility.is_zero() {
