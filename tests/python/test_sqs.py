@@ -791,6 +791,22 @@ def test_fifo_group_id_reaches_stomp_and_back(broker, sqs, qname):
         s.close()
 
 
+def test_fifo_group_held_for_a_stomp_subscriber(broker, sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    for group, body in [("a", "a1"), ("a", "a2"), ("b", "b1")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+    s = StompClient(broker)
+    try:
+        s.subscribe(f"/amq/queue/{qname}.fifo")
+        # Queue order is a1, a2, b1, but a2 waits while a1 is unacked: b1 comes second.
+        first, second = s.message(), s.message()
+        assert [first.body, second.body] == ["a1", "b1"]
+        s.c.ack(first.headers["ack"])
+        assert s.message().body == "a2"
+    finally:
+        s.close()
+
+
 # -- sigv4 off, durability ----------------------------------------------------------------------
 
 
