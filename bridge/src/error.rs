@@ -79,6 +79,8 @@ aws_errors! {
     queue_does_not_exist => "AWS.SimpleQueueService.NonExistentQueue",
         "com.amazonaws.sqs#QueueDoesNotExist", 400;
     queue_already_exists => "QueueAlreadyExists", "com.amazonaws.sqs#QueueNameExists", 400;
+    queue_deleted_recently => "AWS.SimpleQueueService.QueueDeletedRecently",
+        "com.amazonaws.sqs#QueueDeletedRecently", 400;
     invalid_attribute_name => "InvalidAttributeName", "com.amazonaws.sqs#InvalidAttributeName", 400;
     invalid_attribute_value => "InvalidAttributeValue",
         "com.amazonaws.sqs#InvalidAttributeValue", 400;

@@ -31,6 +31,10 @@ use wharf::protocol::mqtt::MqttContext;
 use wharf::protocol::stomp::StompContext;
 use wharf::protocol::Service;
 
+/// mimalloc rather than the system allocator: see its entry in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long tasks still running after shutdown (connections past the timeout) get to be
 /// dropped before the process exits anyway.
 const RUNTIME_DROP_TIMEOUT: Duration = Duration::from_secs(1);

@@ -334,6 +334,20 @@ def test_change_message_visibility_and_batch(sqs, qname):
     assert code(e) == "InvalidParameterValue"
 
 
+def test_visibility_is_capped_at_12_hours_from_the_receive(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="long job")
+    m = sqs.receive_message(QueueUrl=url, VisibilityTimeout=600)["Messages"][0]
+    time.sleep(1.1)
+    # 43200 s from now would end more than 12 hours after the receive.
+    with pytest.raises(ClientError) as e:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=43200)
+    assert code(e) == "InvalidParameterValue"
+    assert "43200" in e.value.response["Error"]["Message"]
+    # Within the 12 hours it may still be extended.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=43000)
+
+
 def test_delete_message_batch(sqs, qname):
     url = sqs.create_queue(QueueName=qname)["QueueUrl"]
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(3)])
@@ -392,6 +406,40 @@ def test_purge_queue(sqs, qname):
     with pytest.raises(ClientError) as e:
         sqs.purge_queue(QueueUrl=url)
     assert code(e) == "AWS.SimpleQueueService.PurgeQueueInProgress"
+
+
+def test_purge_queue_removes_in_flight_messages_and_their_receipts_go_stale(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(3)])
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=300)["Messages"]
+    assert len(received) == 2
+    sqs.purge_queue(QueueUrl=url)
+    counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert counts["ApproximateNumberOfMessages"] == "0"
+    assert counts["ApproximateNumberOfMessagesNotVisible"] == "0"
+    # The purged messages' handles are stale: deleting succeeds and does nothing, changing
+    # visibility fails as for any message no longer in flight.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"])
+    with pytest.raises(ClientError) as e:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[1]["ReceiptHandle"],
+                                      VisibilityTimeout=0)
+    assert code(e) == "AWS.SimpleQueueService.MessageNotInflight"
+    # Nothing purged comes back; what is sent afterwards is received.
+    sqs.send_message(QueueUrl=url, MessageBody="after")
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)["Messages"]
+    assert [m["Body"] for m in got] == ["after"]
+
+
+def test_create_queue_refused_within_60_seconds_of_deleting_that_name(sqs, qname):
+    url = sqs.create_queue(QueueName=qname)["QueueUrl"]
+    sqs.delete_queue(QueueUrl=url)
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName=qname)
+    assert code(e) == "AWS.SimpleQueueService.QueueDeletedRecently"
+    assert status(e) == 400
+    assert "QueueUrls" not in sqs.list_queues(QueueNamePrefix=qname)
+    # Other names are not affected.
+    sqs.create_queue(QueueName=f"{qname}-other")
 
 
 def test_tags(sqs, qname):
@@ -743,6 +791,22 @@ def test_fifo_group_id_reaches_stomp_and_back(broker, sqs, qname):
         s.close()
 
 
+def test_fifo_group_held_for_a_stomp_subscriber(broker, sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    for group, body in [("a", "a1"), ("a", "a2"), ("b", "b1")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+    s = StompClient(broker)
+    try:
+        s.subscribe(f"/amq/queue/{qname}.fifo")
+        # Queue order is a1, a2, b1, but a2 waits while a1 is unacked: b1 comes second.
+        first, second = s.message(), s.message()
+        assert [first.body, second.body] == ["a1", "b1"]
+        s.c.ack(first.headers["ack"])
+        assert s.message().body == "a2"
+    finally:
+        s.close()
+
+
 # -- sigv4 off, durability ----------------------------------------------------------------------
 
 
@@ -921,6 +985,67 @@ def test_fifo_order_and_group_held_while_in_flight(sqs, qname):
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first[1]["ReceiptHandle"], VisibilityTimeout=0)
     again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     assert [m["Body"] for m in again] == ["b1", "b2"]
+
+
+def test_fifo_receive_request_attempt_id_replays_the_same_answer(sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    for group, body in [("a", "a1"), ("b", "b1")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+
+    def receive(attempt):
+        return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300,
+                                   AttributeNames=["All"], ReceiveRequestAttemptId=attempt).get("Messages", [])
+
+    first = receive("attempt-1")
+    assert [m["Body"] for m in first] == ["a1", "b1"]
+    # The retry (a lost answer) gets the same messages and receipt handles, not a new receive.
+    retry = receive("attempt-1")
+    assert [(m["MessageId"], m["ReceiptHandle"]) for m in retry] == \
+        [(m["MessageId"], m["ReceiptHandle"]) for m in first]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in retry] == ["1", "1"]
+    # Another attempt is a new receive: both groups are held.
+    assert receive("attempt-2") == []
+    # Once one of its messages is deleted, the attempt is not replayed any more: a retry is an
+    # ordinary receive, which now finds group a's next message.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+    sqs.send_message(QueueUrl=url, MessageBody="a2", MessageGroupId="a")
+    assert [m["Body"] for m in receive("attempt-1")] == ["a2"]
+    with pytest.raises(ClientError) as e:
+        receive("x" * 129)
+    assert code(e) == "InvalidParameterValue"
+
+
+def test_fifo_group_held_for_amqp_consumers_and_basic_get(broker, sqs, qname):
+    url = fifo_queue(sqs, qname, ContentBasedDeduplication="true")
+    name = url.rsplit("/", 1)[1]
+    for group, body in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+    conn = amqp(broker)
+    try:
+        ch = conn.channel()
+        # basic.get takes a1, then skips a2 (its group is held) for b1, then has nothing.
+        a1, _, body = ch.basic_get(name, auto_ack=False)
+        assert body == b"a1"
+        b1, _, body = ch.basic_get(name, auto_ack=False)
+        assert body == b"b1"
+        assert ch.basic_get(name, auto_ack=False) == (None, None, None)
+        # SQS receivers see the same hold.
+        assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        ch.basic_ack(a1.delivery_tag)
+        # A consumer with room for ten gets only a2: b2 waits for b1.
+        ch.basic_qos(prefetch_count=10)
+        got = []
+        ch.basic_consume(name, lambda c, m, p, b: got.append((m.delivery_tag, b)))
+        while not got:
+            conn.process_data_events(time_limit=1)
+        assert [b for _, b in got] == [b"a2"]
+        # Acking b1 releases b2 to the consumer.
+        ch.basic_ack(b1.delivery_tag)
+        while len(got) < 2:
+            conn.process_data_events(time_limit=1)
+        assert [b for _, b in got] == [b"a2", b"b2"]
+    finally:
+        conn.close()
 
 
 # -- message move tasks, permissions ----------------------------------------------------------

@@ -113,23 +113,31 @@ pub fn decode(
                 .get("x-amz-target")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let op = target.strip_prefix("AmazonSQS.").unwrap_or("").to_string();
-            if !OPERATIONS.contains(&op.as_str()) {
-                return Err(unknown_operation(protocol, &op));
+            let op = target.strip_prefix("AmazonSQS.").unwrap_or("");
+            if !OPERATIONS.contains(&op) {
+                return Err(unknown_operation(protocol, op));
             }
-            let input = if body.iter().all(u8::is_ascii_whitespace) {
-                serde_json::Value::Object(Default::default())
-            } else {
-                serde_json::from_slice(body).map_err(|e| {
-                    AwsError::serialization(format!("Request body is not valid JSON: {e}"))
-                })?
+            let body: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                None => b"{}",
+                Some(b'{') => body,
+                Some(_) => {
+                    return Err(
+                        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                            Err(e) => not_json(&e),
+                            Ok(_) => AwsError::serialization("Request body must be a JSON object."),
+                        },
+                    )
+                }
             };
-            if !input.is_object() {
-                return Err(AwsError::serialization(
-                    "Request body must be a JSON object.",
-                ));
-            }
-            (op, input)
+            // Typed straight from the bytes: no intermediate Value on the hot path.
+            let decoded = SqsRequest::decode_json(op, body)
+                .unwrap_or_else(|| unreachable!("{op} is in OPERATIONS"));
+            let request = match decoded {
+                Err(e) if e.is_syntax() || e.is_eof() => return Err(not_json(&e)),
+                r => r.map_err(|e| input_error(&e))?,
+            };
+            validate(&request)?;
+            return Ok(request);
         }
         Protocol::Query => {
             let params = query_params(parts, body);
@@ -169,18 +177,29 @@ pub fn decode(
     };
     let request = SqsRequest::decode(&op, input)
         .unwrap_or_else(|| unreachable!("{op} is in OPERATIONS"))
-        .map_err(|e| {
-            let msg = e.to_string();
-            match msg.strip_prefix("missing field `") {
-                Some(rest) => AwsError::missing_parameter(format!(
-                    "The request must contain the parameter {}.",
-                    rest.split('`').next().unwrap_or(rest)
-                )),
-                None => AwsError::invalid_parameter_value(msg),
-            }
-        })?;
+        .map_err(|e| input_error(&e))?;
     validate(&request)?;
     Ok(request)
+}
+
+fn not_json(e: &serde_json::Error) -> AwsError {
+    AwsError::serialization(format!("Request body is not valid JSON: {e}"))
+}
+
+/// A well-formed input of the wrong shape: a missing member is AWS's MissingParameter, any
+/// other mismatch InvalidParameterValue. The message leaves out serde_json's "at line L column
+/// C" (a body decoded from bytes has one, the Query protocol's decoded value has none).
+fn input_error(e: &serde_json::Error) -> AwsError {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let msg = text.strip_suffix(position.as_str()).unwrap_or(&text);
+    match msg.strip_prefix("missing field `") {
+        Some(rest) => AwsError::missing_parameter(format!(
+            "The request must contain the parameter {}.",
+            rest.split('`').next().unwrap_or(rest)
+        )),
+        None => AwsError::invalid_parameter_value(msg),
+    }
 }
 
 /// AWS's answer to an operation it does not know (and to one Wharf does not serve yet).
@@ -213,7 +232,13 @@ pub fn validate(request: &SqsRequest) -> Result<(), AwsError> {
         SqsRequest::ReceiveMessage(i) => {
             range("MaxNumberOfMessages", i.max_number_of_messages, 1, 10)?;
             range("VisibilityTimeout", i.visibility_timeout, 0, 43_200)?;
-            range("WaitTimeSeconds", i.wait_time_seconds, 0, 20)
+            range("WaitTimeSeconds", i.wait_time_seconds, 0, 20)?;
+            match &i.receive_request_attempt_id {
+                Some(id) if !valid_attempt_id(id) => Err(AwsError::invalid_parameter_value(format!(
+                    "Value {id} for parameter ReceiveRequestAttemptId is invalid. Reason: Must be 1 to 128 alphanumeric or punctuation characters."
+                ))),
+                _ => Ok(()),
+            }
         }
         SqsRequest::ChangeMessageVisibility(i) => {
             range("VisibilityTimeout", Some(i.visibility_timeout), 0, 43_200)
@@ -253,6 +278,15 @@ pub fn validate(request: &SqsRequest) -> Result<(), AwsError> {
         }
         _ => Ok(()),
     }
+}
+
+/// ReceiveRequestAttemptId (and deduplication ids): 1–128 ASCII letters, digits and
+/// punctuation.
+fn valid_attempt_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b.is_ascii_punctuation())
 }
 
 /// Queue names: 1–80 characters of letters, digits, `-` and `_`, plus `.fifo` for FIFO queues.
@@ -460,11 +494,10 @@ pub fn success_response(
     resp: &SqsResponse,
     request_id: &str,
 ) -> Response<Bytes> {
-    let json = resp.to_json();
     let (body, content_type) = match protocol {
-        Protocol::Json => (json.to_string(), "application/x-amz-json-1.0"),
+        Protocol::Json => (resp.to_json_vec(), "application/x-amz-json-1.0"),
         Protocol::Query => (
-            xml::response(resp.operation(), &json, request_id),
+            xml::response(resp.operation(), &resp.to_json(), request_id).into_bytes(),
             "text/xml",
         ),
     };

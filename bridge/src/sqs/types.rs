@@ -134,6 +134,20 @@ macro_rules! operations {
                 }
             }
 
+            /// [`SqsRequest::decode`] straight from a JSON body, without building a
+            /// `serde_json::Value` first (the JSON protocol's hot path).
+            pub(crate) fn decode_json(
+                op: &str,
+                body: &[u8],
+            ) -> Option<Result<SqsRequest, serde_json::Error>> {
+                match op {
+                    $(stringify!($op) => Some(
+                        serde_json::from_slice::<$input>(body).map(SqsRequest::$op)
+                    ),)*
+                    _ => None,
+                }
+            }
+
             pub fn operation(&self) -> &'static str {
                 match self { $(SqsRequest::$op(_) => stringify!($op),)* }
             }
@@ -144,7 +158,15 @@ macro_rules! operations {
                 match self { $(SqsResponse::$op(_) => stringify!($op),)* }
             }
 
-            /// The output as the JSON protocol serializes it.
+            /// The JSON protocol's body, serialized straight from the output.
+            pub fn to_json_vec(&self) -> Vec<u8> {
+                match self {
+                    $(SqsResponse::$op(o) => serde_json::to_vec(o)
+                        .unwrap_or_else(|_| b"null".to_vec()),)*
+                }
+            }
+
+            /// The output as a JSON value (the Query protocol builds its XML from it).
             pub fn to_json(&self) -> serde_json::Value {
                 match self {
                     $(SqsResponse::$op(o) => serde_json::to_value(o)

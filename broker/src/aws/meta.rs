@@ -103,6 +103,15 @@ impl MetaStore {
             .collect()
     }
 
+    /// Every stored entry: (vhost, queue name, settings).
+    pub fn all(&self) -> Vec<(String, String, QueueMeta)> {
+        self.queues
+            .lock()
+            .iter()
+            .map(|((v, q), m)| (v.clone(), q.clone(), m.clone()))
+            .collect()
+    }
+
     /// Changes (or creates, from `init`) one queue's settings and writes the file.
     pub fn update<R>(
         &self,

@@ -10,11 +10,13 @@
 //! 4. served by the bridge with the engine backend ([`sqs::SqsEngine`]).
 //!
 //! Layout: [`sqs`] the SQS backend, [`meta`] the SQS-only queue settings kept beside the
-//! engine, [`mapping`] SQS messages to and from engine messages.
+//! engine, [`mapping`] SQS messages to and from engine messages, [`receive_attempts`] the
+//! FIFO ReceiveRequestAttemptId answers.
 
 pub mod dedup;
 pub mod mapping;
 pub mod meta;
+pub mod receive_attempts;
 pub mod sns_http;
 pub mod sqs;
 pub mod tasks;

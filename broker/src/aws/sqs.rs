@@ -15,6 +15,7 @@
 //!   (ContentBasedDeduplication), per queue or per group (DeduplicationScope). The
 //!   deduplication window is journaled beside the metadata (`dedup`): it survives a restart.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,16 +31,19 @@ use bytes::Bytes;
 use super::dedup::DedupStore;
 use super::mapping;
 use super::meta::{MetaStore, QueueMeta};
+use super::receive_attempts::ReceiveAttempts;
 use super::tasks::{self, MoveTask};
 use crate::engine::{
-    Engine, Enqueued, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost, GROUP_ID_HEADER,
-    VISIBLE_AT_HEADER,
+    DeliveryId, Engine, Enqueued, Lsn, Message, Queue, QueueSettings, Redrive, Table, Value, Vhost,
+    GROUP_ID_HEADER, VISIBLE_AT_HEADER,
 };
 
 /// Connection id SQS requests use for engine calls: no SQS request owns an exclusive queue.
 const SQS_CONN: u64 = 0;
 /// AWS allows one PurgeQueue per queue per 60 seconds.
 const PURGE_INTERVAL_MS: u64 = 60_000;
+/// After DeleteQueue, AWS refuses a queue of the same name for 60 seconds.
+const RECREATE_INTERVAL_MS: u64 = 60_000;
 /// ListQueues returns at most 1000 URLs.
 const LIST_MAX: usize = 1000;
 /// Header carrying a FIFO message's deduplication id.
@@ -79,6 +83,11 @@ pub struct SqsEngine {
     sequence: AtomicU64,
     /// Message move tasks of this process, oldest first.
     move_tasks: Mutex<Vec<Arc<MoveTask>>>,
+    /// (vhost, queue name) -> when SQS deleted it, ms: CreateQueue of that name fails with
+    /// QueueDeletedRecently for 60 s, as on AWS. In memory: a restart forgets it.
+    deleted: Mutex<HashMap<(String, String), u64>>,
+    /// FIFO ReceiveRequestAttemptId answers.
+    attempts: ReceiveAttempts,
 }
 
 /// A queue found from a request's QueueUrl.
@@ -91,13 +100,27 @@ struct Found {
 
 impl SqsEngine {
     pub fn open(engine: Arc<Engine>, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let meta = MetaStore::open(data_dir)?;
+        // FIFO group holding applies to AMQP and STOMP consumers too, who may attach before
+        // any SQS request names the queue after a restart.
+        for (vhost, name, m) in meta.all() {
+            if let Some(q) = engine
+                .vhost(&vhost)
+                .and_then(|v| v.queue(&name, SQS_CONN).ok())
+                .filter(|q| q.id == m.queue_id)
+            {
+                q.set_hold_groups(m.config().fifo);
+            }
+        }
         Ok(SqsEngine {
             engine,
-            meta: MetaStore::open(data_dir)?,
+            meta,
             boot: rand::random(),
             dedup: DedupStore::open(data_dir, now_ms())?,
             sequence: AtomicU64::new(now_ms() * 1_000),
             move_tasks: Mutex::new(Vec::new()),
+            deleted: Mutex::new(HashMap::new()),
+            attempts: ReceiveAttempts::default(),
         })
     }
 
@@ -119,6 +142,7 @@ impl SqsEngine {
             .get(&vname, name, queue.id)
             .unwrap_or_else(|| Self::default_meta(&queue));
         let config = meta.config();
+        queue.set_hold_groups(config.fifo);
         Ok(Found {
             vhost,
             queue,
@@ -218,6 +242,14 @@ impl SqsEngine {
             }
             return Ok(SqsResponse::CreateQueue(QueueUrlOutput { queue_url: url }));
         }
+        let key = (vname.clone(), i.queue_name.clone());
+        if let Some(at) = self.deleted.lock().get(&key) {
+            if now_ms().saturating_sub(*at) < RECREATE_INTERVAL_MS {
+                return Err(AwsError::queue_deleted_recently(
+                    "You must wait 60 seconds after deleting a queue before you can create another with the same name.",
+                ));
+            }
+        }
         let vhost = self.engine.ensure_vhost(&vname).map_err(internal)?;
         let settings = QueueSettings {
             durable: true,
@@ -228,6 +260,7 @@ impl SqsEngine {
         let (q, _, _) = vhost
             .declare_queue(&i.queue_name, settings, false, SQS_CONN)
             .map_err(|e| AwsError::invalid_parameter_value(e.to_string()))?;
+        q.set_hold_groups(config.fifo);
         let mut meta = QueueMeta::new(q.id, &config, now_ms() / 1000);
         meta.tags = i.tags;
         self.meta
@@ -353,13 +386,16 @@ impl SqsEngine {
         Ok(SqsResponse::SetQueueAttributes(Empty {}))
     }
 
-    /// Sends one message; SendMessage and each SendMessageBatch entry go through here.
-    async fn send(
+    /// Enqueues one message; SendMessage and each SendMessageBatch entry go through here.
+    /// Returns the answer and the store Lsn the caller must wait for before answering: a
+    /// batch enqueues every entry first and waits once, so its entries share one group commit
+    /// instead of paying one fsync each.
+    fn send(
         &self,
         ctx: &RequestContext,
         f: &Found,
         i: &SendMessageInput,
-    ) -> Result<SendMessageOutput, AwsError> {
+    ) -> Result<(SendMessageOutput, Lsn), AwsError> {
         validate_send(i)?;
         let fifo = if f.config.fifo {
             Some(self.fifo_checks(ctx, f, i)?)
@@ -372,7 +408,9 @@ impl SqsEngine {
             None
         };
         if let Some(Fifo::Duplicate(out)) = fifo {
-            return Ok(out);
+            // The first send's answer; its own Lsn may not be durable yet, so wait for
+            // everything submitted so far.
+            return Ok((out, self.engine.submitted_lsn()));
         }
         let size = message_size(i);
         let max = f.config.maximum_message_bytes as usize;
@@ -423,19 +461,22 @@ impl SqsEngine {
                 .get_or_insert_with(Table::new)
                 .insert(VISIBLE_AT_HEADER.into(), Value::long_string(at.to_string()));
         }
-        match f
+        let lsn = match f
             .queue
             .publish_delayed(&Arc::new(m), &mut None, Duration::from_secs(delay))
         {
-            Enqueued::Accepted { lsn } => self.engine.wait_durable(lsn).await,
+            Enqueued::Accepted { lsn } => lsn,
             Enqueued::Rejected => {
                 return Err(AwsError::invalid_parameter_value(format!(
                     "Queue {} is full (its AMQP x-overflow policy refuses messages).",
                     f.queue.name
                 )))
             }
-        }
-        Ok(SendMessageOutput::for_input(i, message_id, sequence_number))
+        };
+        Ok((
+            SendMessageOutput::for_input(i, message_id, sequence_number),
+            lsn,
+        ))
     }
 
     /// FIFO send rules: a group id, no per-message delay, a deduplication id (given or the
@@ -500,17 +541,23 @@ impl SqsEngine {
             successful: Vec::new(),
             failed: Vec::new(),
         };
+        let mut last = 0;
         for e in &i.entries {
-            match self.send(ctx, &f, &e.to_send(&i.queue_url)).await {
-                Ok(result) => out.successful.push(SendMessageBatchResultEntry {
-                    id: e.id.clone(),
-                    result,
-                }),
+            match self.send(ctx, &f, &e.to_send(&i.queue_url)) {
+                Ok((result, lsn)) => {
+                    last = last.max(lsn);
+                    out.successful.push(SendMessageBatchResultEntry {
+                        id: e.id.clone(),
+                        result,
+                    })
+                }
                 Err(err) => out
                     .failed
                     .push(BatchResultErrorEntry::from_error(&e.id, &err)),
             }
         }
+        // Every successful entry is durable before the answer says so.
+        self.engine.wait_durable(last).await;
         Ok(SqsResponse::SendMessageBatch(out))
     }
 
@@ -538,8 +585,20 @@ impl SqsEngine {
                 .unwrap_or("")
                 .to_string(),
         });
-        let deadline = Instant::now() + wait;
         let q = &f.queue;
+        let attempt = i
+            .receive_request_attempt_id
+            .as_ref()
+            .filter(|_| f.config.fifo)
+            .map(|id| (Self::vhost_name(ctx), q.id, id.clone()));
+        if let Some(key) = &attempt {
+            if let Some(messages) = self.attempts.replay(key, q, visibility, now_ms()) {
+                return Ok(SqsResponse::ReceiveMessage(ReceiveMessageOutput {
+                    messages,
+                }));
+            }
+        }
+        let deadline = Instant::now() + wait;
         let waiting = q.wait_for_arrivals();
         let got = loop {
             let notified = waiting.notified();
@@ -554,7 +613,7 @@ impl SqsEngine {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         };
-        let messages = got
+        let answer: Vec<(DeliveryId, bridge::sqs::Message)> = got
             .into_iter()
             .map(|r| {
                 let m = &r.delivery.message;
@@ -588,7 +647,7 @@ impl SqsEngine {
                         attributes.insert(attribute.into(), v.to_string());
                     }
                 }
-                bridge::sqs::Message {
+                let message = bridge::sqs::Message {
                     message_id: m
                         .properties
                         .message_id
@@ -601,11 +660,15 @@ impl SqsEngine {
                     attributes,
                     md5_of_message_attributes: None,
                     message_attributes: mapping::from_headers(headers),
-                }
+                };
+                (r.delivery.id, message)
             })
             .collect();
+        if let Some(key) = attempt {
+            self.attempts.record(key, q, &answer, now_ms());
+        }
         Ok(SqsResponse::ReceiveMessage(ReceiveMessageOutput {
-            messages,
+            messages: answer.into_iter().map(|(_, m)| m).collect(),
         }))
     }
 
@@ -631,6 +694,14 @@ impl SqsEngine {
         let id = self
             .parse_receipt(&f.queue, handle)?
             .ok_or_else(not_inflight)?;
+        // A message is invisible for at most 12 hours from its receive, however often its
+        // visibility is extended.
+        let ago = f.queue.received_ago(id).ok_or_else(not_inflight)?;
+        if ago + Duration::from_secs(secs as u64) > Duration::from_secs(43_200) {
+            return Err(AwsError::invalid_parameter_value(format!(
+                "Value {secs} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+            )));
+        }
         if f.queue
             .change_visibility(id, Duration::from_secs(secs as u64))
         {
@@ -883,9 +954,12 @@ impl SqsEngine {
             R::DeleteQueue(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
                 f.vhost.delete_queue_unchecked(&f.queue).map_err(internal)?;
-                self.meta
-                    .remove(&Self::vhost_name(ctx), &f.queue.name)
-                    .map_err(internal)?;
+                let vname = Self::vhost_name(ctx);
+                self.meta.remove(&vname, &f.queue.name).map_err(internal)?;
+                let now = now_ms();
+                let mut deleted = self.deleted.lock();
+                deleted.retain(|_, at| now.saturating_sub(*at) < RECREATE_INTERVAL_MS);
+                deleted.insert((vname, f.queue.name.clone()), now);
                 SqsResponse::DeleteQueue(Empty {})
             }
             R::PurgeQueue(i) => {
@@ -899,14 +973,17 @@ impl SqsEngine {
                     )));
                 }
                 self.save_meta(ctx, &f, |m| m.purged_ms = now)?;
-                f.queue.purge();
+                // In-flight messages go too, as on AWS; their receipt handles are then stale.
+                f.queue.purge_with_receipts();
                 SqsResponse::PurgeQueue(Empty {})
             }
             R::GetQueueAttributes(i) => return self.get_attributes(ctx, i),
             R::SetQueueAttributes(i) => return self.set_attributes(ctx, i),
             R::SendMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
-                SqsResponse::SendMessage(self.send(ctx, &f, &i).await?)
+                let (out, lsn) = self.send(ctx, &f, &i)?;
+                self.engine.wait_durable(lsn).await;
+                SqsResponse::SendMessage(out)
             }
             R::SendMessageBatch(i) => return self.send_batch(ctx, i).await,
             R::ReceiveMessage(i) => return self.receive(ctx, i).await,

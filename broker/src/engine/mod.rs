@@ -31,7 +31,8 @@ pub use queue::{
 };
 pub use vhost::{PublishOutcome, Vhost};
 
-use crate::store::{Lsn, Store, StoreOptions};
+pub use crate::store::Lsn;
+use crate::store::{Store, StoreOptions};
 
 /// Identifies a client connection across protocols (exclusive queues, leases).
 pub type ConnectionId = u64;
@@ -423,6 +424,11 @@ impl Engine {
         if let Some(store) = &self.shared.store {
             store.wait_durable(store.submitted_lsn()).await;
         }
+    }
+
+    /// Highest Lsn handed out so far: waiting for it covers every record submitted before.
+    pub fn submitted_lsn(&self) -> Lsn {
+        self.shared.store.as_ref().map_or(0, |s| s.submitted_lsn())
     }
 
     /// Highest Lsn on disk now.

@@ -11,7 +11,7 @@
 //!   queue in dispatch order; senders are unbounded and never block.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -226,6 +226,8 @@ enum Lease {
     },
     Deadline {
         at: Instant,
+        /// When the receive took it: SQS caps a message's visibility at 12 hours from there.
+        received: Instant,
     },
 }
 
@@ -275,6 +277,10 @@ pub struct Queue {
     /// Pull receivers waiting on `arrivals` ([`ArrivalWait`]s alive): publishes skip the
     /// Notify (a lock) when there are none, which is nearly always for AMQP/MQTT/STOMP queues.
     pull_waiters: std::sync::atomic::AtomicUsize,
+    /// FIFO group holding on every delivery path (SQS receives, consumers, basic.get): a group
+    /// with a message in flight gets nothing more until it is settled. SQS sets it for its
+    /// FIFO queues ([`Queue::set_hold_groups`]).
+    hold_groups: AtomicBool,
 }
 
 /// A pull receiver's interest in arrivals, from [`Queue::wait_for_arrivals`]: while it lives,
@@ -348,13 +354,25 @@ fn visible_at_ms(msg: &Message) -> Option<u64> {
         .ok()
 }
 
-fn group_of(msg: &Message) -> Option<Arc<str>> {
+fn group_of(msg: &Message) -> Option<&str> {
     msg.properties
         .headers
         .as_ref()?
         .get(GROUP_ID_HEADER)?
         .as_str()
-        .map(Arc::from)
+}
+
+/// The groups that have a message in flight under any lease: held under FIFO rules.
+fn held_groups(st: &State) -> HashSet<Arc<str>> {
+    st.in_flight
+        .values()
+        .filter_map(|f| group_of(&f.entry.msg).map(Arc::from))
+        .collect()
+}
+
+/// Whether a ready entry may be delivered while `held` groups are held.
+fn deliverable(e: &Entry, held: &HashSet<Arc<str>>) -> bool {
+    group_of(&e.msg).is_none_or(|g| !held.contains(g))
 }
 
 fn now_millis() -> u64 {
@@ -384,6 +402,7 @@ impl Queue {
             shared,
             arrivals: tokio::sync::Notify::new(),
             pull_waiters: std::sync::atomic::AtomicUsize::new(0),
+            hold_groups: AtomicBool::new(false),
             state: Mutex::new(State {
                 ready: (0..lanes).map(|_| VecDeque::new()).collect(),
                 ready_count: 0,
@@ -425,6 +444,16 @@ impl Queue {
 
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
+    }
+
+    /// Turns FIFO group holding on or off (see the `hold_groups` field). Turning it on
+    /// affects what is delivered from then on, not messages already in flight.
+    pub fn set_hold_groups(&self, on: bool) {
+        self.hold_groups.store(on, Ordering::Relaxed);
+    }
+
+    fn holds_groups(&self) -> bool {
+        self.hold_groups.load(Ordering::Relaxed)
     }
 
     /// Marks the queue used now, for `x-expires`.
@@ -584,7 +613,7 @@ impl Queue {
         let mut lapsed = Vec::new();
         let mut next: Option<Instant> = None;
         for (id, f) in &st.in_flight {
-            if let Lease::Deadline { at } = f.lease {
+            if let Lease::Deadline { at, .. } = f.lease {
                 if at <= now {
                     lapsed.push(*id);
                 } else {
@@ -685,12 +714,20 @@ impl Queue {
 
     /// Pushes ready messages to consumers with credit.
     fn dispatch(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        // FIFO: one message per group in flight, so a consumer never gets a group's next
+        // message while another holds (or may requeue) the one before it.
+        let mut held = (self.holds_groups() && st.ready_count > 0 && !st.consumers.is_empty())
+            .then(|| held_groups(st));
         while st.ready_count > 0 && !st.consumers.is_empty() {
             self.expire_heads(st, now, dead);
             let Some(idx) = self.pick_consumer(st) else {
                 return;
             };
-            let Some(mut entry) = self.pop_ready(st) else {
+            let next = match &held {
+                Some(h) => self.pop_ready_where(st, |e| deliverable(e, h)),
+                None => self.pop_ready(st),
+            };
+            let Some(mut entry) = next else {
                 return;
             };
             st.next_consumer = idx + 1;
@@ -732,6 +769,9 @@ impl Queue {
             if spec.no_ack {
                 self.forget(&entry);
             } else {
+                if let (Some(h), Some(g)) = (&mut held, group_of(&entry.msg)) {
+                    h.insert(Arc::from(g));
+                }
                 st.consumers[idx].unacked += 1;
                 spec.channel.credit.unacked.fetch_add(1, Ordering::AcqRel);
                 st.in_flight.insert(
@@ -827,7 +867,12 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = now;
             self.expire_heads(&mut st, now, &mut dead);
-            let mut entry = self.pop_ready(&mut st)?;
+            let mut entry = if self.holds_groups() {
+                let held = held_groups(&st);
+                self.pop_ready_where(&mut st, |e| deliverable(e, &held))?
+            } else {
+                self.pop_ready(&mut st)?
+            };
             entry.delivery_count += 1;
             let mut delivery = Delivery {
                 queue: self.me.upgrade(),
@@ -884,21 +929,18 @@ impl Queue {
             st.last_used = now;
             self.requeue_lapsed(&mut st, now);
             // FIFO: a group with a message in flight is held until that message is settled or
-            // visible again, so order within a group is strict.
+            // visible again, so order within a group is strict. One receive may still take
+            // several messages of a group, in order, as SQS does.
+            let by_group = by_group || self.holds_groups();
             let held: HashSet<Arc<str>> = if by_group {
-                st.in_flight
-                    .values()
-                    .filter_map(|f| group_of(&f.entry.msg))
-                    .collect()
+                held_groups(&st)
             } else {
                 HashSet::new()
             };
             while out.len() < max {
                 self.expire_heads(&mut st, now, &mut dead);
                 let next = if by_group {
-                    self.pop_ready_where(&mut st, |e| {
-                        group_of(&e.msg).is_none_or(|g| !held.contains(&g))
-                    })
+                    self.pop_ready_where(&mut st, |e| deliverable(e, &held))
                 } else {
                     self.pop_ready(&mut st)
                 };
@@ -938,6 +980,7 @@ impl Queue {
                         entry,
                         lease: Lease::Deadline {
                             at: now + visibility,
+                            received: now,
                         },
                     },
                 );
@@ -1046,6 +1089,26 @@ impl Queue {
             .count() as u32
     }
 
+    /// The visibility deadline of a message received under a deadline lease (SQS); `None` once
+    /// it is not (deleted, purged, lapsed, or never received that way).
+    pub fn receipt_deadline(&self, id: DeliveryId) -> Option<Instant> {
+        let st = self.state.lock();
+        match st.in_flight.get(&id)?.lease {
+            Lease::Deadline { at, .. } if at > Instant::now() => Some(at),
+            _ => None,
+        }
+    }
+
+    /// How long ago a message under a deadline lease was received; `None` when it is not
+    /// under one.
+    pub fn received_ago(&self, id: DeliveryId) -> Option<Duration> {
+        let st = self.state.lock();
+        match st.in_flight.get(&id)?.lease {
+            Lease::Deadline { received, .. } => Some(received.elapsed()),
+            _ => None,
+        }
+    }
+
     /// Changes the deadline of a message under a deadline lease (SQS ChangeMessageVisibility).
     /// A zero visibility makes it ready at once. Returns false when it is not in flight.
     pub fn change_visibility(&self, id: DeliveryId, visibility: Duration) -> bool {
@@ -1054,11 +1117,12 @@ impl Queue {
         let Some(inflight) = st.in_flight.get_mut(&id) else {
             return false;
         };
-        if !matches!(inflight.lease, Lease::Deadline { .. }) {
+        let Lease::Deadline { received, .. } = inflight.lease else {
             return false;
-        }
+        };
         inflight.lease = Lease::Deadline {
             at: now + visibility,
+            received,
         };
         Self::note_deadline(&mut st, now + visibility);
         if visibility.is_zero() {
@@ -1141,10 +1205,38 @@ impl Queue {
 
     /// Removes all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
+        self.purge_where(false)
+    }
+
+    /// SQS PurgeQueue: removes ready and delayed messages and those received under a deadline
+    /// lease, whose receipt handles then delete nothing. Messages held by a consumer or
+    /// basic.get stay in flight: their channel still settles them. Returns how many went.
+    pub fn purge_with_receipts(&self) -> u32 {
+        self.purge_where(true)
+    }
+
+    fn purge_where(&self, with_receipts: bool) -> u32 {
         let mut st = self.state.lock();
         let mut n = 0;
         let mut ids = Vec::new();
         let mut bytes = 0i64;
+        if with_receipts {
+            let received: Vec<DeliveryId> = st
+                .in_flight
+                .iter()
+                .filter(|(_, f)| matches!(f.lease, Lease::Deadline { .. }))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in received {
+                if let Some(f) = st.in_flight.remove(&id) {
+                    n += 1;
+                    bytes += f.entry.msg.size_bytes() as i64;
+                    if f.entry.msg_id != 0 {
+                        ids.push(f.entry.msg_id);
+                    }
+                }
+            }
+        }
         for lane in st.ready.iter_mut() {
             for e in lane.drain(..) {
                 n += 1;
@@ -1354,6 +1446,7 @@ mod tests {
     //! deleting by receipt.
     use super::*;
     use crate::engine::{Engine, EngineConfig};
+    use tokio::sync::mpsc;
 
     fn open() -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
@@ -1383,6 +1476,40 @@ mod tests {
 
     fn msg(body: &'static str) -> SharedMessage {
         Arc::new(Message::new("", "q", Bytes::from_static(body.as_bytes())))
+    }
+
+    /// A message of FIFO group `g`.
+    fn grouped(g: &str, body: &'static str) -> SharedMessage {
+        let mut m = Message::new("", "q", Bytes::from_static(body.as_bytes()));
+        let mut h = Table::new();
+        h.insert(GROUP_ID_HEADER.into(), Value::long_string(g));
+        m.properties.headers = Some(h);
+        Arc::new(m)
+    }
+
+    fn channel(conn: ConnectionId) -> (ChannelHandle, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ch = ChannelHandle {
+            conn,
+            channel: 1,
+            tx,
+            credit: Arc::new(ChannelCredit::default()),
+        };
+        (ch, rx)
+    }
+
+    /// What a consumer's channel has been pushed so far: (body, delivery id).
+    fn pushed(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(String, DeliveryId)> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            if let Outbound::Deliver { delivery, .. } = o {
+                out.push((
+                    String::from_utf8_lossy(&delivery.message.body).into_owned(),
+                    delivery.id,
+                ));
+            }
+        }
+        out
     }
 
     #[tokio::test]
@@ -1485,13 +1612,6 @@ mod tests {
     async fn fifo_receive_holds_a_group_while_in_flight() {
         let (_d, engine) = open();
         let q = declare(&engine, "q");
-        let grouped = |g: &str, body: &'static str| {
-            let mut m = Message::new("", "q", Bytes::from_static(body.as_bytes()));
-            let mut h = Table::new();
-            h.insert(GROUP_ID_HEADER.into(), Value::long_string(g));
-            m.properties.headers = Some(h);
-            Arc::new(m)
-        };
         for (g, b) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")] {
             q.publish(&grouped(g, b), &mut None);
         }
@@ -1531,5 +1651,94 @@ mod tests {
             "an AMQP lease is not an SQS receipt"
         );
         assert_eq!(q.in_flight_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn fifo_consumers_get_one_message_per_group_in_flight() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        q.set_hold_groups(true);
+        for (g, b) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2")] {
+            q.publish(&grouped(g, b), &mut None);
+        }
+        let (ch1, mut rx1) = channel(1);
+        let (ch2, mut rx2) = channel(2);
+        for (ch, tag) in [(ch1, "c1"), (ch2, "c2")] {
+            q.consume(ConsumerSpec {
+                tag: Arc::from(tag),
+                channel: ch,
+                no_ack: false,
+                exclusive: false,
+                priority: 0,
+                prefetch: 10,
+            })
+            .unwrap();
+        }
+        // The first consumer takes a1 and b1; a2 and b2 wait for their groups, even though
+        // the second consumer has room.
+        let first = pushed(&mut rx1);
+        assert_eq!(
+            first.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+            ["a1", "b1"]
+        );
+        assert!(pushed(&mut rx2).is_empty());
+        assert!(q
+            .receive(10, Duration::from_secs(30), None, false)
+            .is_empty());
+        // Acking a1 releases group a: a2 goes to the next consumer with credit.
+        assert!(q.settle(&[first[0].1], Settle::Ack).is_empty());
+        let next: Vec<String> = pushed(&mut rx1)
+            .into_iter()
+            .chain(pushed(&mut rx2))
+            .map(|(b, _)| b)
+            .collect();
+        assert_eq!(next, ["a2"]);
+        // Requeueing b1 puts it back first in its group: b1 again, never b2 before it.
+        assert!(q.settle(&[first[1].1], Settle::Requeue).is_empty());
+        let again: Vec<String> = pushed(&mut rx1)
+            .into_iter()
+            .chain(pushed(&mut rx2))
+            .map(|(b, _)| b)
+            .collect();
+        assert_eq!(again, ["b1"]);
+    }
+
+    #[tokio::test]
+    async fn fifo_basic_get_skips_held_groups() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        q.set_hold_groups(true);
+        for (g, b) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
+            q.publish(&grouped(g, b), &mut None);
+        }
+        let (ch, _rx) = channel(1);
+        let get = || q.get(GetMode::Channel(ch.clone()));
+        let a1 = get().unwrap();
+        assert_eq!(&a1.message.body[..], b"a1");
+        assert_eq!(&get().unwrap().message.body[..], b"b1");
+        assert!(get().is_none(), "a2 is held while a1 is unacked");
+        q.settle(&[a1.id], Settle::Ack);
+        assert_eq!(&get().unwrap().message.body[..], b"a2");
+    }
+
+    #[tokio::test]
+    async fn purge_with_receipts_drops_received_messages_but_not_consumer_ones() {
+        let (_d, engine) = open();
+        let q = declare(&engine, "q");
+        for b in ["r1", "r2", "g1", "ready"] {
+            q.publish(&msg(b), &mut None);
+        }
+        let received = q.receive(2, Duration::from_secs(30), None, false);
+        let (ch, _rx) = channel(1);
+        let got = q.get(GetMode::Channel(ch)).unwrap();
+        assert_eq!(q.purge_with_receipts(), 3);
+        assert_eq!(q.message_count(), 0);
+        // The basic.get lease stays for its channel to settle; the receipts are stale.
+        assert_eq!(q.in_flight_count(), 1);
+        for r in &received {
+            assert!(q.receipt_deadline(r.delivery.id).is_none());
+            assert!(!q.delete_received(r.delivery.id));
+        }
+        assert!(q.settle(&[got.id], Settle::Ack).is_empty());
     }
 }

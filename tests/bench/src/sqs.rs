@@ -12,6 +12,8 @@
 //! Runs on a multi-thread runtime of `--threads` workers (2 by default: the machine's cores
 //! are shared with the server, the client must not starve it).
 
+use std::borrow::Cow;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +23,10 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
+use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
@@ -38,9 +43,9 @@ pub struct SqsArgs {
     messages: u64,
     #[arg(long, default_value_t = 64)]
     size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     producers: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     consumers: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -56,9 +61,15 @@ const AUTH: &str = "AWS4-HMAC-SHA256 Credential=000000000000/20260101/us-east-1/
                     SignedHeaders=host, Signature=00";
 
 /// One keep-alive connection speaking SQS JSON 1.0.
+///
+/// The client shares the machine's cores with the server, so it does as little as it can per
+/// request: request bodies that never change are serialized once, responses are parsed into
+/// borrowed typed shapes (no `serde_json::Value`), and the delete batch is written straight
+/// into a buffer.
 struct Conn {
     tx: http1::SendRequest<Full<Bytes>>,
-    host: String,
+    host: HeaderValue,
+    endpoint: String,
 }
 
 impl Conn {
@@ -71,34 +82,73 @@ impl Conn {
         tokio::spawn(conn);
         Ok(Conn {
             tx,
-            host: endpoint.to_string(),
+            host: HeaderValue::from_str(endpoint)?,
+            endpoint: endpoint.to_string(),
         })
     }
 
-    async fn call(&mut self, op: &str, input: &Value) -> anyhow::Result<Value> {
-        let req = hyper::Request::post("/")
-            .header("host", &self.host)
-            .header("content-type", "application/x-amz-json-1.0")
-            .header("x-amz-target", format!("AmazonSQS.{op}"))
-            // Unsigned, but moto's server routes by the credential scope's service (and
-            // region); Wharf with `--sigv4 off` reads only the account from it.
-            .header("authorization", AUTH)
-            .header("x-amz-date", "20260101T000000Z")
-            .body(Full::new(Bytes::from(serde_json::to_vec(input)?)))?;
+    /// Posts one request; returns the response body of a 2xx answer.
+    async fn call(&mut self, target: &'static str, body: Bytes) -> anyhow::Result<Bytes> {
+        let mut req = hyper::Request::post("/").body(Full::new(body))?;
+        let h = req.headers_mut();
+        h.insert(hyper::header::HOST, self.host.clone());
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.0"),
+        );
+        h.insert("x-amz-target", HeaderValue::from_static(target));
+        // Unsigned, but moto's server routes by the credential scope's service (and
+        // region); Wharf with `--sigv4 off` reads only the account from it.
+        h.insert(hyper::header::AUTHORIZATION, HeaderValue::from_static(AUTH));
+        h.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
         // moto's server (werkzeug) closes the connection after each response; reconnecting is
         // part of what it costs. Wharf keeps it open.
         if self.tx.is_closed() || self.tx.ready().await.is_err() {
-            *self = Conn::open(&self.host.clone()).await?;
+            *self = Conn::open(&self.endpoint.clone()).await?;
             self.tx.ready().await?;
         }
         let resp = self.tx.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{op}: {status}: {}", String::from_utf8_lossy(&body));
+            bail!("{target}: {status}: {}", String::from_utf8_lossy(&body));
         }
+        Ok(body)
+    }
+
+    async fn call_json(&mut self, target: &'static str, input: &Value) -> anyhow::Result<Value> {
+        let body = self
+            .call(target, Bytes::from(serde_json::to_vec(input)?))
+            .await?;
         Ok(serde_json::from_slice(&body)?)
     }
+}
+
+/// The parts of SQS answers the workload reads.
+#[derive(Deserialize)]
+struct BatchAnswer<'a> {
+    #[serde(rename = "Successful", default, borrow)]
+    successful: Vec<BatchEntry<'a>>,
+    #[serde(rename = "Failed", default)]
+    failed: Vec<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct BatchEntry<'a> {
+    #[serde(rename = "Id", borrow)]
+    _id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ReceiveAnswer<'a> {
+    #[serde(rename = "Messages", default, borrow)]
+    messages: Vec<Received<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Received<'a> {
+    #[serde(rename = "ReceiptHandle", borrow)]
+    receipt_handle: Cow<'a, str>,
 }
 
 struct Shared {
@@ -111,18 +161,22 @@ struct Shared {
 async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Result<()> {
     let mut c = Conn::open(&endpoint).await?;
     let batches = s.total.div_ceil(10);
+    let entries: Vec<Value> = (0..10)
+        .map(|i| json!({"Id": i.to_string(), "MessageBody": body}))
+        .collect();
+    let request = Bytes::from(serde_json::to_vec(
+        &json!({"QueueUrl": s.url, "Entries": entries}),
+    )?);
     while s.batches_taken.fetch_add(1, Ordering::Relaxed) < batches {
-        let entries: Vec<Value> = (0..10)
-            .map(|i| json!({"Id": i.to_string(), "MessageBody": body}))
-            .collect();
         let out = c
-            .call(
-                "SendMessageBatch",
-                &json!({"QueueUrl": s.url, "Entries": entries}),
-            )
+            .call("AmazonSQS.SendMessageBatch", request.clone())
             .await?;
-        if out["Failed"].as_array().is_some_and(|f| !f.is_empty()) {
-            bail!("SendMessageBatch failed entries: {out}");
+        let answer: BatchAnswer = serde_json::from_slice(&out)?;
+        if !answer.failed.is_empty() || answer.successful.len() != 10 {
+            bail!(
+                "SendMessageBatch failed entries: {}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
     Ok(())
@@ -130,28 +184,36 @@ async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Resu
 
 async fn consume(endpoint: String, s: Arc<Shared>) -> anyhow::Result<()> {
     let mut c = Conn::open(&endpoint).await?;
+    let receive = Bytes::from(serde_json::to_vec(
+        &json!({"QueueUrl": s.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
+    )?);
+    let delete_head = format!(
+        "{{\"QueueUrl\":{},\"Entries\":[",
+        serde_json::to_string(&s.url)?
+    );
     while s.deleted.load(Ordering::Relaxed) < s.total {
-        let got = c
-            .call(
-                "ReceiveMessage",
-                &json!({"QueueUrl": s.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
-            )
-            .await?;
-        let Some(msgs) = got["Messages"].as_array().filter(|m| !m.is_empty()) else {
+        let got = c.call("AmazonSQS.ReceiveMessage", receive.clone()).await?;
+        let answer: ReceiveAnswer = serde_json::from_slice(&got)?;
+        if answer.messages.is_empty() {
             continue;
-        };
-        let entries: Vec<Value> = msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| json!({"Id": i.to_string(), "ReceiptHandle": m["ReceiptHandle"]}))
-            .collect();
+        }
+        let mut delete = Vec::with_capacity(delete_head.len() + answer.messages.len() * 160);
+        delete.extend_from_slice(delete_head.as_bytes());
+        for (i, m) in answer.messages.iter().enumerate() {
+            if i > 0 {
+                delete.push(b',');
+            }
+            write!(delete, "{{\"Id\":\"{i}\",\"ReceiptHandle\":")?;
+            serde_json::to_writer(&mut delete, &m.receipt_handle)?;
+            delete.push(b'}');
+        }
+        delete.extend_from_slice(b"]}");
         let out = c
-            .call(
-                "DeleteMessageBatch",
-                &json!({"QueueUrl": s.url, "Entries": entries}),
-            )
+            .call("AmazonSQS.DeleteMessageBatch", Bytes::from(delete))
             .await?;
-        let ok = out["Successful"].as_array().map_or(0, Vec::len) as u64;
+        let ok = serde_json::from_slice::<BatchAnswer>(&out)?
+            .successful
+            .len() as u64;
         s.deleted.fetch_add(ok, Ordering::Relaxed);
     }
     Ok(())
@@ -172,7 +234,9 @@ async fn run(a: SqsArgs) -> anyhow::Result<()> {
         std::process::id(),
         crate::now_nanos() % 1_000_000
     );
-    let url = c.call("CreateQueue", &json!({"QueueName": name})).await?["QueueUrl"]
+    let url = c
+        .call_json("AmazonSQS.CreateQueue", &json!({"QueueName": name}))
+        .await?["QueueUrl"]
         .as_str()
         .context("CreateQueue without QueueUrl")?
         .to_string();
