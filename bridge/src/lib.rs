@@ -1,4 +1,4 @@
-//! The cloud APIs' surface (DESIGN.md): the SQS wire protocols, SigV4 verification, the MD5
+//! The cloud APIs' surface (DESIGN.md): the SQS and SNS wire protocols, SigV4 verification, the MD5
 //! digests SDKs check and AWS's error shapes. Bytes and `http` types in, typed requests out, and
 //! back; the broker implements the backend traits. No sockets, no runtime, no state.
 //!
@@ -8,6 +8,8 @@
 //! - [`md5`]: MD5OfMessageBody / MD5OfMessageAttributes / MD5OfMessageSystemAttributes.
 //! - [`sqs`]: SQS requests and responses for both wire protocols, attribute validation, and the
 //!   [`sqs::SqsBackend`] trait.
+//! - [`sns`]: SNS requests (Query protocol) and responses, the notification envelope, and the
+//!   [`sns::SnsBackend`] trait.
 //! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod md5;
 pub mod sigv4;
+pub mod sns;
 pub mod sqs;
 pub mod sts;
 

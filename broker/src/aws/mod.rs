@@ -1,20 +1,24 @@
 //! The HTTP listener for the AWS APIs: it mounts `bridge/` on the engine.
 //!
 //! One hyper HTTP/1.1 server (keep-alive) per connection. Each request is:
-//! 1. routed by `X-Amz-Target` (`AmazonSQS.*`), the SigV4 credential scope's service, or
-//!    `Action=` (Query protocol);
+//! 1. routed by `X-Amz-Target` (`AmazonSQS.*`), the SigV4 credential scope's service (`sqs`,
+//!    `sns`, `sts`), or, unsigned, the `Action=` (Query protocol);
 //! 2. authenticated: SigV4 against the users' access keys (`[[users]]` access_key_id /
 //!    secret_access_key), unless `sigv4 = false`;
 //! 3. placed in an account and region: the vhost `aws:<account>:<region>` (created on first
 //!    use), so resources live per account and region as in AWS;
-//! 4. served by the bridge with the engine backend ([`sqs::SqsEngine`]).
+//! 4. served by the bridge with the engine backend ([`sqs::SqsEngine`], [`sns::SnsEngine`]).
 //!
 //! Layout: [`sqs`] the SQS backend, [`meta`] the SQS-only queue settings kept beside the
-//! engine, [`mapping`] SQS messages to and from engine messages.
+//! engine, [`mapping`] SQS messages to and from engine messages; [`sns`] the SNS backend,
+//! [`sns_meta`] topic settings, [`sns_fanout`] what each subscription receives.
 
 pub mod dedup;
 pub mod mapping;
 pub mod meta;
+pub mod sns;
+pub mod sns_fanout;
+pub mod sns_meta;
 pub mod sqs;
 pub mod tasks;
 
@@ -61,6 +65,7 @@ pub struct AwsContext {
     pub engine: Arc<Engine>,
     pub config: AwsConfig,
     pub sqs: sqs::SqsEngine,
+    pub sns: sns::SnsEngine,
 }
 
 impl AwsContext {
@@ -70,10 +75,13 @@ impl AwsContext {
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Arc<Self>> {
         let sqs = sqs::SqsEngine::open(engine.clone(), data_dir)?;
+        let sns =
+            sns::SnsEngine::open(engine.clone(), data_dir, &config.account_id, &config.region)?;
         Ok(Arc::new(AwsContext {
             engine,
             config,
             sqs,
+            sns,
         }))
     }
 }
@@ -114,6 +122,7 @@ pub async fn serve<S>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Sqs,
+    Sns,
     /// GetCallerIdentity only (bridge::sts).
     Sts,
     /// Another AWS service's target or signing scope: not served here.
@@ -135,6 +144,9 @@ fn service_of(parts: &http::request::Parts, body: &[u8], scope: Option<&sigv4::S
     let service = scope.map(|s| s.service.as_str());
     if bridge::sts::is_sts(service, parts, body) {
         return Service::Sts;
+    }
+    if bridge::sns::is_sns(service, parts, body) {
+        return Service::Sns;
     }
     match service {
         None | Some("sqs") => Service::Sqs,
@@ -177,6 +189,9 @@ async fn handle(
         Err(e) if service == Service::Sts => {
             return bridge::sts::error_response(&e, &request_id).map(Full::new)
         }
+        Err(e) if service == Service::Sns => {
+            return bridge::sns::error_response(&e, &request_id).map(Full::new)
+        }
         Err(e) => return fail(e),
     };
     if service == Service::Sts {
@@ -211,9 +226,13 @@ async fn handle(
         access_key_id,
         request_id: request_id.clone(),
     };
-    let resp = bridge::sqs::handle(&ctx.sqs, &rctx, &parts, &body).await;
+    let resp = if service == Service::Sns {
+        bridge::sns::handle(&ctx.sns, &rctx, &parts, &body).await
+    } else {
+        bridge::sqs::handle(&ctx.sqs, &rctx, &parts, &body).await
+    };
     if resp.status().is_server_error() {
-        tracing::warn!(%peer, status = %resp.status(), "sqs request failed");
+        tracing::warn!(%peer, status = %resp.status(), ?service, "aws request failed");
     }
     resp.map(Full::new)
 }
