@@ -8,8 +8,8 @@
 //! - [`md5`]: MD5OfMessageBody / MD5OfMessageAttributes / MD5OfMessageSystemAttributes.
 //! - [`sqs`]: SQS requests and responses for both wire protocols, attribute validation, and the
 //!   [`sqs::SqsBackend`] trait.
-//! - [`sns`]: SNS requests (Query protocol) and responses, the notification envelope, and the
-//!   [`sns::SnsBackend`] trait.
+//! - [`sns`]: SNS requests (Query protocol) and responses, the notification envelope, filter
+//!   policies, message signatures, and the [`sns::SnsBackend`] trait.
 //! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;

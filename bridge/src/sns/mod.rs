@@ -6,10 +6,13 @@
 //! message attributes, batch shapes, tags); the backend owns topics and subscriptions.
 //!
 //! Layout: [`params`] the Query parameter forms, [`types`] requests and responses,
-//! [`validate`] the stateless rules, [`xml`] responses, [`envelope`] what subscribers receive.
+//! [`validate`] the stateless rules, [`xml`] responses, [`envelope`] what subscribers receive,
+//! [`filter`] subscription filter policies, [`signature`] message signatures.
 
 pub mod envelope;
+pub mod filter;
 pub mod params;
+pub mod signature;
 pub mod types;
 pub mod validate;
 pub mod xml;
