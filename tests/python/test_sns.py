@@ -221,6 +221,8 @@ def test_publish_reaches_sqs_subscriber_as_envelope(broker, sns, sqs, tname):
     assert env["Message"] == "hello subscribers"
     assert env["Timestamp"].endswith("Z") and "T" in env["Timestamp"]
     assert env["SignatureVersion"] == "1"
+    assert env["SigningCertURL"] == f"http://127.0.0.1:{broker.http_port}/SimpleNotificationService-wharf.pem"
+    verify_signature(env)
     assert env["UnsubscribeURL"] == (f"http://127.0.0.1:{broker.http_port}/?Action=Unsubscribe"
                                      f"&SubscriptionArn={sub.replace(':', '%3A')}")
     assert env["MessageAttributes"] == {
@@ -232,6 +234,43 @@ def test_publish_reaches_sqs_subscriber_as_envelope(broker, sns, sqs, tname):
     assert "MessageAttributes" not in m
     assert m["MessageId"] != sent["MessageId"]
     assert list(env)[:5] == ["Type", "MessageId", "TopicArn", "Subject", "Message"]
+
+
+def string_to_sign(env):
+    """AWS's documented order for a Notification: Message, MessageId, Subject (if any),
+    Timestamp, TopicArn, Type, each as `Name\nvalue\n`."""
+    keys = ["Message", "MessageId"] + (["Subject"] if "Subject" in env else []) + ["Timestamp", "TopicArn", "Type"]
+    return "".join(f"{k}\n{env[k]}\n" for k in keys).encode()
+
+
+def verify_signature(env):
+    """Checks an envelope as a subscriber does: fetch SigningCertURL, verify with its key."""
+    import base64
+    import urllib.request
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    with urllib.request.urlopen(env["SigningCertURL"], timeout=10) as r:
+        cert = x509.load_pem_x509_certificate(r.read())
+    digest = hashes.SHA1() if env["SignatureVersion"] == "1" else hashes.SHA256()
+    # Raises InvalidSignature when it does not verify.
+    cert.public_key().verify(base64.b64decode(env["Signature"]), string_to_sign(env), padding.PKCS1v15(), digest)
+
+
+def test_signature_version_2_and_tampering(sns, sqs, tname):
+    from cryptography.exceptions import InvalidSignature
+
+    arn = sns.create_topic(Name=tname, Attributes={"SignatureVersion": "2"})["TopicArn"]
+    url, qarn = new_queue(sqs)
+    sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)
+    sns.publish(TopicArn=arn, Message="signed with sha256")
+    env = json.loads(receive(sqs, url)[0]["Body"])
+    assert env["SignatureVersion"] == "2"
+    verify_signature(env)
+    env["Message"] = "tampered"
+    with pytest.raises(InvalidSignature):
+        verify_signature(env)
 
 
 def test_every_subscriber_gets_one_copy(sns, sqs, tname):
@@ -363,14 +402,73 @@ def test_subscribe_refusals(sns, tname, protocol, endpoint, fragment):
     assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []
 
 
-def test_filter_policies_are_refused_until_the_evaluator_is_in(sns, sqs, tname):
+def test_filter_policy_on_message_attributes(sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    policy = {"colour": ["red", {"prefix": "bl"}], "price": [{"numeric": [">=", 10, "<", 100]}]}
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                        Attributes={"FilterPolicy": json.dumps(policy), "RawMessageDelivery": "true"})["SubscriptionArn"]
+    attrs = sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]
+    assert json.loads(attrs["FilterPolicy"]) == policy and attrs["FilterPolicyScope"] == "MessageAttributes"
+
+    def pub(body, colour, price):
+        sns.publish(TopicArn=arn, Message=body, MessageAttributes={
+            "colour": {"DataType": "String", "StringValue": colour},
+            "price": {"DataType": "Number", "StringValue": str(price)}})
+
+    pub("red-50", "red", 50)
+    pub("blue-10", "blue", 10)
+    pub("green-50", "green", 50)
+    pub("red-100", "red", 100)
+    sns.publish(TopicArn=arn, Message="no attributes")
+    assert sorted(m["Body"] for m in receive(sqs, url, n=4, wait=2)) == ["blue-10", "red-50"]
+    # A new policy applies to the next publish; an empty one removes the filter.
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="FilterPolicy",
+                                    AttributeValue=json.dumps({"colour": [{"anything-but": "red"}]}))
+    pub("red-1", "red", 1)
+    pub("green-1", "green", 1)
+    assert [m["Body"] for m in receive(sqs, url, n=2, wait=2)] == ["green-1"]
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="FilterPolicy", AttributeValue="")
+    assert "FilterPolicy" not in sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]
+    sns.publish(TopicArn=arn, Message="everything again")
+    assert [m["Body"] for m in receive(sqs, url)] == ["everything again"]
+
+
+def test_filter_policy_on_the_message_body(sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    policy = {"order": {"kind": ["retail"], "total": [{"numeric": [">", 100]}]}}
+    sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, Attributes={
+        "FilterPolicy": json.dumps(policy), "FilterPolicyScope": "MessageBody"})
+    for kind, total in [("retail", 150), ("retail", 50), ("wholesale", 500)]:
+        sns.publish(TopicArn=arn, Message=json.dumps({"order": {"kind": kind, "total": total}}))
+    sns.publish(TopicArn=arn, Message="not json")
+    got = [json.loads(json.loads(m["Body"])["Message"]) for m in receive(sqs, url, n=3, wait=2)]
+    assert got == [{"order": {"kind": "retail", "total": 150}}]
+
+
+@pytest.mark.parametrize("attributes,fragment", [
+    ({"FilterPolicy": "not json"}, "FilterPolicy"),
+    ({"FilterPolicy": json.dumps({"a": [1], "b": [1], "c": [1], "d": [1], "e": [1], "f": [1]})}, "FilterPolicy"),
+    ({"FilterPolicy": json.dumps({"a": {"nested": ["x"]}})}, "nested"),
+    ({"FilterPolicy": json.dumps({"a": ["x"]}), "FilterPolicyScope": "Elsewhere"}, "FilterPolicyScope"),
+    ({"FilterPolicy": json.dumps({"a": [{"numeric": [">", "x"]}]})}, "FilterPolicy"),
+])
+def test_bad_filter_policies_are_refused(sns, sqs, tname, attributes, fragment):
     arn = sns.create_topic(Name=tname)["TopicArn"]
     _, qarn = new_queue(sqs)
     with pytest.raises(ClientError) as e:
-        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
-                      Attributes={"FilterPolicy": json.dumps({"colour": ["red"]})})
-    assert code(e) == "InvalidParameter"
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, Attributes=attributes)
+    assert code(e) == "InvalidParameter" and status(e) == 400
+    assert fragment in e.value.response["Error"]["Message"]
     assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    # The bad attribute alone is refused by SetSubscriptionAttributes too.
+    name = "FilterPolicyScope" if "FilterPolicyScope" in attributes else "FilterPolicy"
+    with pytest.raises(ClientError) as e:
+        sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName=name, AttributeValue=attributes[name])
+    assert code(e) == "InvalidParameter"
+    assert "FilterPolicy" not in sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]
 
 
 def test_confirm_subscription_with_an_unknown_token(sns, tname):
@@ -675,10 +773,23 @@ def test_sns_publish_reaches_an_amqp_queue_bound_to_the_topic(broker, sns, tname
         method, props, body = ch.basic_get(wrapped, auto_ack=True)
         env = json.loads(body)
         assert env["MessageId"] == sent["MessageId"] and env["Message"] == "to amqp" and env["Subject"] == "s"
+        # A filter policy as a binding argument.
+        reds = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(reds, tname, arguments={"x-sns-filter-policy": json.dumps({"colour": ["red"]})})
+        sns.publish(TopicArn=arn, Message="blue one",
+                    MessageAttributes={"colour": {"DataType": "String", "StringValue": "blue"}})
+        sns.publish(TopicArn=arn, Message="red one",
+                    MessageAttributes={"colour": {"DataType": "String", "StringValue": "red"}})
+        assert ch.basic_get(reds, auto_ack=True)[2] == b"red one"
+        assert ch.basic_get(reds, auto_ack=True)[0] is None
         # A bad binding argument is refused with the AMQP channel error.
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
             ch.queue_bind(q, tname, arguments={"x-sns-raw-message-delivery": "maybe"})
         assert e.value.reply_code == 406
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.queue_bind(q, tname, arguments={"x-sns-filter-policy": "{not json"})
+        assert e.value.reply_code == 406 and "FilterPolicy" in e.value.reply_text
     finally:
         conn.close()
 

@@ -161,6 +161,9 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let request_id = uuid::Uuid::new_v4().to_string();
+    if parts.method == http::Method::GET && parts.uri.path() == sns_fanout::SIGNING_CERT_PATH {
+        return signing_certificate(ctx);
+    }
     let protocol = bridge::sqs::protocol_of(&parts);
     let fail = |e: AwsError| bridge::sqs::error_response(protocol, &e, &request_id).map(Full::new);
     let body = match Limited::new(body, REQUEST_BYTES_MAX).collect().await {
@@ -235,6 +238,25 @@ async fn handle(
         tracing::warn!(%peer, status = %resp.status(), ?service, "aws request failed");
     }
     resp.map(Full::new)
+}
+
+/// The SNS signing certificate (SigningCertURL): public, so served without a signature, as
+/// AWS serves its own.
+fn signing_certificate(ctx: &AwsContext) -> Response<Full<Bytes>> {
+    let (status, body) = match ctx.sns.signing_certificate() {
+        Ok(pem) => (http::StatusCode::OK, pem),
+        Err(e) => {
+            tracing::warn!(error = %e, "SNS signing certificate unavailable");
+            (http::StatusCode::SERVICE_UNAVAILABLE, String::new())
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-pem-file"),
+    );
+    r
 }
 
 /// Who made a request, once authenticated.

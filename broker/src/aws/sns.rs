@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
+use bridge::sns::filter::FilterPolicyScope;
 use bridge::sns::validate::{validate_publish, validate_tags, TAGS_MAX};
 use bridge::sns::*;
 use bridge::sqs::RequestContext;
 use bridge::AwsError;
 use bytes::Bytes;
-use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 
 use super::dedup::DedupStore;
@@ -136,8 +136,51 @@ fn check_topic_attribute(name: &str, v: &str, fifo: bool, creating: bool) -> Res
     }
 }
 
-/// Subscription attributes a client may set.
-fn check_subscription_attribute(name: &str, v: &str) -> Result<(), AwsError> {
+/// Subscription attributes a client may set. `scope` is the FilterPolicyScope the
+/// subscription will have, `policy` its FilterPolicy (to check them together).
+fn check_subscription_attribute(
+    name: &str,
+    v: &str,
+    policy: Option<&str>,
+    scope: Option<&str>,
+) -> Result<(), FilterCheck> {
+    match name {
+        "FilterPolicy" if v.is_empty() => Ok(()),
+        "FilterPolicy" => parse_filter(v, scope)
+            .map(|_| ())
+            .map_err(FilterCheck::Filter),
+        "FilterPolicyScope" => match policy.filter(|p| !p.is_empty()) {
+            Some(p) => parse_filter(p, Some(v)).map(|_| ()),
+            None => FilterPolicyScope::parse(v).map(|_| ()),
+        }
+        .map_err(FilterCheck::Filter),
+        other => check_other_subscription_attribute(other, v).map_err(FilterCheck::Other),
+    }
+}
+
+/// Why a subscription attribute was refused: a filter policy (whose message depends on the
+/// operation) or another attribute.
+enum FilterCheck {
+    Filter(bridge::sns::filter::FilterPolicyError),
+    Other(AwsError),
+}
+
+impl FilterCheck {
+    fn for_subscribe(self) -> AwsError {
+        match self {
+            FilterCheck::Filter(e) => AwsError::sns_invalid_parameter(e.subscribe_message()),
+            FilterCheck::Other(e) => e,
+        }
+    }
+    fn for_set(self) -> AwsError {
+        match self {
+            FilterCheck::Filter(e) => AwsError::sns_invalid_parameter(e.to_string()),
+            FilterCheck::Other(e) => e,
+        }
+    }
+}
+
+fn check_other_subscription_attribute(name: &str, v: &str) -> Result<(), AwsError> {
     match name {
         "RawMessageDelivery" => bool_attr(name, v).map(|_| ()),
         "RedrivePolicy" => {
@@ -152,11 +195,6 @@ fn check_subscription_attribute(name: &str, v: &str) -> Result<(), AwsError> {
             }
         }
         "DeliveryPolicy" => json_attr(name, v),
-        // The filter-policy evaluator is not part of this build: refusing beats accepting a
-        // policy that would not filter.
-        "FilterPolicy" | "FilterPolicyScope" => Err(invalid(format!(
-            "{name} Reason: filter policies are not available in this Wharf yet"
-        ))),
         _ => Err(invalid("AttributeName")),
     }
 }
@@ -204,12 +242,12 @@ impl SnsEngine {
         region: &str,
     ) -> anyhow::Result<Self> {
         let topics = Arc::new(TopicStore::open(data_dir)?);
-        let fanout = Arc::new(TopicFanout {
-            topics: topics.clone(),
-            base_url: Arc::new(RwLock::new("http://localhost:4566".into())),
-            account_id: account_id.to_string(),
-            region: region.to_string(),
-        });
+        let fanout = Arc::new(TopicFanout::new(
+            topics.clone(),
+            account_id,
+            region,
+            data_dir,
+        ));
         engine.set_sns_fanout(fanout.clone());
         Ok(SnsEngine {
             engine,
@@ -220,9 +258,17 @@ impl SnsEngine {
         })
     }
 
-    /// Where subscribers reach the broker (UnsubscribeURL): the HTTP listener's address.
+    /// Where subscribers reach the broker (UnsubscribeURL, SigningCertURL): the HTTP
+    /// listener's address.
     pub fn set_base_url(&self, url: String) {
         *self.fanout.base_url.write() = url;
+    }
+
+    /// The certificate of the signing key, PEM (served at SigningCertURL).
+    pub fn signing_certificate(&self) -> Result<String, String> {
+        self.fanout
+            .signing_key()
+            .map(|k| k.certificate_pem().to_string())
     }
 
     fn vhost_name(ctx: &RequestContext) -> String {
@@ -462,8 +508,11 @@ impl SnsEngine {
                 )))
             }
         }
+        let policy = attributes.get("FilterPolicy").map(String::as_str);
+        let scope = attributes.get("FilterPolicyScope").map(String::as_str);
         for (k, v) in &attributes {
-            check_subscription_attribute(k, v)?;
+            check_subscription_attribute(k, v, policy, scope)
+                .map_err(FilterCheck::for_subscribe)?;
         }
         // The queue: an SQS queue ARN of the caller's account and region.
         let queue_name = {
@@ -598,9 +647,15 @@ impl SnsEngine {
             "SubscriptionPrincipal".into(),
             format!("arn:aws:iam::{}:root", ctx.account_id),
         );
+        if args.contains_key(ARG_FILTER_POLICY) {
+            a.insert(
+                "FilterPolicyScope".into(),
+                arg_str(args, ARG_FILTER_POLICY_SCOPE)
+                    .unwrap_or_else(|| "MessageAttributes".into()),
+            );
+        }
         for (name, arg) in [
             ("FilterPolicy", ARG_FILTER_POLICY),
-            ("FilterPolicyScope", ARG_FILTER_POLICY_SCOPE),
             ("RedrivePolicy", ARG_REDRIVE_POLICY),
             ("DeliveryPolicy", ARG_DELIVERY_POLICY),
         ] {
@@ -619,10 +674,20 @@ impl SnsEngine {
         value: String,
     ) -> Result<SnsResponse, AwsError> {
         let f = self.find_subscription(ctx, arn)?;
-        check_subscription_attribute(name, &value)?;
+        let args = &f.binding.arguments;
+        let policy = arg_str(args, ARG_FILTER_POLICY);
+        let scope = arg_str(args, ARG_FILTER_POLICY_SCOPE);
+        check_subscription_attribute(name, &value, policy.as_deref(), scope.as_deref())
+            .map_err(FilterCheck::for_set)?;
         let arg = subscription_arg(name).ok_or_else(|| invalid("AttributeName"))?;
         let mut new = f.binding.clone();
-        new.arguments.insert(arg.into(), Value::long_string(value));
+        if name == "FilterPolicy" && value.is_empty() {
+            // An empty FilterPolicy removes the filter: every message is delivered again.
+            new.arguments.remove(ARG_FILTER_POLICY);
+            new.arguments.remove(ARG_FILTER_POLICY_SCOPE);
+        } else {
+            new.arguments.insert(arg.into(), Value::long_string(value));
+        }
         f.vhost
             .replace_binding(&f.topic.name, &f.binding, new)
             .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;

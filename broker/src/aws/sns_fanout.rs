@@ -14,9 +14,14 @@
 //! SNS Publish would have given it (MessageId, timestamp, attributes from its headers), so
 //! its subscribers see the same as for an SNS Publish.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use bridge::sns::envelope::{self, EnvelopeAttribute, Notification};
+use bridge::sns::filter::{AttrValue, FilterPolicy, FilterPolicyError, FilterPolicyScope};
+use bridge::sns::signature::{self, MessageType, SignatureVersion, SignedFields, SigningKey};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
@@ -60,17 +65,156 @@ fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
     m.properties.headers.as_ref()?.get(name)?.as_str()
 }
 
-/// The hook: knows topic settings, where the broker is reachable, and the default account.
+/// Path of the signing certificate on the HTTP listener (SigningCertURL); AWS serves its
+/// own as `SimpleNotificationService-<id>.pem` too.
+pub const SIGNING_CERT_PATH: &str = "/SimpleNotificationService-wharf.pem";
+const SIGNING_KEY_FILE: &str = "sns-signing-key.pem";
+const SIGNING_CERT_FILE: &str = "sns-signing-cert.pem";
+/// Parsed filter policies kept; beyond this the cache starts over (policies are few).
+const POLICY_CACHE_MAX: usize = 4096;
+
+/// A binding's filter policy, checked: `FilterPolicy` JSON and its scope.
+pub fn parse_filter(policy: &str, scope: Option<&str>) -> Result<FilterPolicy, FilterPolicyError> {
+    let scope = match scope {
+        Some(s) => FilterPolicyScope::parse(s)?,
+        None => FilterPolicyScope::default(),
+    };
+    FilterPolicy::parse(policy, scope)
+}
+
+thread_local! {
+    /// The last string signed on this thread and its signature: every envelope subscription
+    /// of one message signs the same string, and RSA PKCS#1 v1.5 signatures are deterministic,
+    /// so a fan-out to ten queues signs once.
+    static LAST_SIGNATURE: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
+}
+
+/// The hook: knows topic settings, where the broker is reachable, the default account, the
+/// signing key and the filter policies in use.
 #[derive(Debug)]
 pub struct TopicFanout {
     pub topics: Arc<TopicStore>,
-    /// `http://host:port` of the HTTP listener (UnsubscribeURL).
+    /// `http://host:port` of the HTTP listener (UnsubscribeURL, SigningCertURL).
     pub base_url: Arc<RwLock<String>>,
     pub account_id: String,
     pub region: String,
+    /// Where the signing key and certificate are kept.
+    pub data_dir: PathBuf,
+    /// Loaded, or made and saved, on first use: brokers that never deliver an envelope never
+    /// pay for an RSA key.
+    signing_key: OnceLock<Result<Arc<SigningKey>, String>>,
+    /// Filter policies by (scope, JSON), parsed once.
+    policies: RwLock<HashMap<(String, String), Arc<FilterPolicy>>>,
 }
 
 impl TopicFanout {
+    pub fn new(
+        topics: Arc<TopicStore>,
+        account_id: &str,
+        region: &str,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        TopicFanout {
+            topics,
+            base_url: Arc::new(RwLock::new("http://localhost:4566".into())),
+            account_id: account_id.to_string(),
+            region: region.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            signing_key: OnceLock::new(),
+            policies: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The broker's SNS signing key: read from the data directory, or made and written there
+    /// (the key readable by the broker's user only), so SigningCertURL serves the same
+    /// certificate across restarts.
+    pub fn signing_key(&self) -> Result<Arc<SigningKey>, String> {
+        self.signing_key
+            .get_or_init(|| {
+                let key_path = self.data_dir.join(SIGNING_KEY_FILE);
+                let cert_path = self.data_dir.join(SIGNING_CERT_FILE);
+                if let (Ok(k), Ok(c)) = (
+                    std::fs::read_to_string(&key_path),
+                    std::fs::read_to_string(&cert_path),
+                ) {
+                    return SigningKey::from_pem(&k, &c)
+                        .map(Arc::new)
+                        .map_err(|e| format!("{}: {e}", key_path.display()));
+                }
+                let key = SigningKey::generate("wharf SNS signing")
+                    .map_err(|e| format!("SNS signing key: {e}"))?;
+                write_private(&key_path, key.key_pem())
+                    .and_then(|_| std::fs::write(&cert_path, key.certificate_pem()))
+                    .map_err(|e| format!("saving the SNS signing key: {e}"))?;
+                tracing::info!(path = %cert_path.display(), "SNS signing key created");
+                Ok(Arc::new(key))
+            })
+            .clone()
+    }
+
+    pub fn signing_cert_url(&self) -> String {
+        format!("{}{SIGNING_CERT_PATH}", self.base_url.read())
+    }
+
+    fn policy(&self, json: &str, scope: Option<&str>) -> Option<Arc<FilterPolicy>> {
+        let key = (scope.unwrap_or("").to_string(), json.to_string());
+        if let Some(p) = self.policies.read().get(&key) {
+            return Some(p.clone());
+        }
+        // Checked when the binding was made; one that no longer parses filters everything
+        // out rather than delivering what the subscriber asked not to get.
+        let p = Arc::new(parse_filter(json, scope).ok()?);
+        let mut cache = self.policies.write();
+        if cache.len() >= POLICY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, p.clone());
+        Some(p)
+    }
+
+    /// Whether the binding's filter policy (if any) lets `msg` through.
+    fn passes_filter(&self, args: &Table, msg: &Message, protocol: &str) -> bool {
+        let Some(json) = arg(args, ARG_FILTER_POLICY) else {
+            return true;
+        };
+        let Some(policy) = self.policy(json, arg(args, ARG_FILTER_POLICY_SCOPE)) else {
+            return false;
+        };
+        let attributes = mapping::from_headers(msg.properties.headers.as_ref());
+        let values: Vec<(&str, AttrValue<'_>)> = attributes
+            .iter()
+            .map(|(k, v)| {
+                let text = v.string_value.as_deref().unwrap_or("");
+                // Binary attributes are ignored by policies (the filter module's rule).
+                (k.as_str(), AttrValue::typed(&v.data_type, text, &[]))
+            })
+            .collect();
+        let structure = header(msg, HEADER_STRUCTURE) == Some("json");
+        let body = envelope::message_for(&String::from_utf8_lossy(&msg.body), structure, protocol);
+        policy.matches(&values, &body)
+    }
+
+    /// The signature of a notification, signed once per distinct string on this thread.
+    fn sign(&self, version: SignatureVersion, fields: &SignedFields<'_>) -> Option<String> {
+        let key = match self.signing_key() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "SNS envelopes go unsigned");
+                return None;
+            }
+        };
+        let text = signature::string_to_sign(fields);
+        let cache_key = format!("{}{text}", version.as_str());
+        LAST_SIGNATURE.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.0 != cache_key {
+                let sig = key.sign(version, &text);
+                *last = (cache_key, sig);
+            }
+            Some(last.1.clone())
+        })
+    }
+
     /// The topic ARN of exchange `name` in `vhost` (`aws:<account>:<region>`, else the
     /// configured account and region).
     pub fn topic_arn(&self, vhost: &str, name: &str) -> String {
@@ -109,32 +253,51 @@ impl TopicFanout {
                 )
             })
             .collect();
-        let signature_version = self
+        let version = self
             .topics
             .get(vhost, topic)
             .attributes
             .get("SignatureVersion")
-            .cloned()
-            .unwrap_or_else(|| "1".into());
+            .and_then(|v| SignatureVersion::parse(v))
+            .unwrap_or(SignatureVersion::V1);
+        let message_id = header(msg, HEADER_MESSAGE_ID)
+            .or(msg.properties.message_id.as_deref())
+            .unwrap_or_default()
+            .to_string();
+        let topic_arn = self.topic_arn(vhost, topic);
+        let subject = header(msg, HEADER_SUBJECT).map(str::to_string);
+        let message = envelope::message_for(&text, structure, protocol);
+        let timestamp = envelope::iso8601_ms(
+            header(msg, HEADER_TIMESTAMP_MS)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+        );
+        let signature = self.sign(
+            version,
+            &SignedFields {
+                message_type: MessageType::Notification,
+                message: &message,
+                message_id: &message_id,
+                subject: subject.as_deref(),
+                subscribe_url: None,
+                token: None,
+                timestamp: &timestamp,
+                topic_arn: &topic_arn,
+            },
+        );
+        // No certificate URL for an envelope that could not be signed.
+        let signing_cert_url = signature.as_ref().map(|_| self.signing_cert_url());
         Notification {
             kind: "Notification",
-            message_id: header(msg, HEADER_MESSAGE_ID)
-                .or(msg.properties.message_id.as_deref())
-                .unwrap_or_default()
-                .to_string(),
+            message_id,
             sequence_number: header(msg, super::sqs::SEQUENCE_HEADER).map(str::to_string),
-            topic_arn: self.topic_arn(vhost, topic),
-            subject: header(msg, HEADER_SUBJECT).map(str::to_string),
-            message: envelope::message_for(&text, structure, protocol),
-            timestamp: envelope::iso8601_ms(
-                header(msg, HEADER_TIMESTAMP_MS)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0),
-            ),
-            signature_version,
-            // Signing lands with bridge::sns::signature; until then no Signature is claimed.
-            signature: None,
-            signing_cert_url: None,
+            topic_arn,
+            subject,
+            message,
+            timestamp,
+            signature_version: version.as_str().to_string(),
+            signature,
+            signing_cert_url,
             unsubscribe_url: arg(args, ARG_SUBSCRIPTION_ARN)
                 .map(|a| self.unsubscribe_url(a))
                 .unwrap_or_default(),
@@ -195,6 +358,9 @@ impl SnsFanout for TopicFanout {
             None => !subscription,
         };
         let sqs = arg(args, ARG_PROTOCOL) == Some("sqs");
+        if !self.passes_filter(args, msg, arg(args, ARG_PROTOCOL).unwrap_or("default")) {
+            return None;
+        }
         let mut m = Message::new(msg.exchange.clone(), msg.routing_key.clone(), Bytes::new());
         m.properties = msg.properties.clone();
         m.body = if raw {
@@ -231,10 +397,23 @@ impl SnsFanout for TopicFanout {
     }
 
     fn validate_binding(&self, arguments: &Table) -> Result<(), String> {
-        if arguments.contains_key(ARG_FILTER_POLICY) {
-            return Err(
-                "filter policies (x-sns-filter-policy) are not available in this Wharf yet".into(),
-            );
+        let text = |name: &str| match arguments.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| format!("{name} must be a string")),
+        };
+        let scope = text(ARG_FILTER_POLICY_SCOPE)?;
+        match text(ARG_FILTER_POLICY)? {
+            Some(policy) => {
+                parse_filter(policy, scope).map_err(|e| e.to_string())?;
+            }
+            None => {
+                if let Some(s) = scope {
+                    FilterPolicyScope::parse(s).map_err(|e| e.to_string())?;
+                }
+            }
         }
         if let Some(v) = arguments.get(ARG_RAW) {
             match v.as_str() {
@@ -244,4 +423,18 @@ impl SnsFanout for TopicFanout {
         }
         Ok(())
     }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()
 }
