@@ -818,6 +818,23 @@ def test_amqp_publish_to_the_topic_reaches_sqs_subscribers(broker, sns, sqs, tna
     assert raw["MessageAttributes"]["colour"] == {"DataType": "String", "StringValue": "green"}
 
 
+def test_stomp_send_to_the_topic_exchange_reaches_sqs_subscribers(broker, sns, sqs, tname):
+    from test_sqs import StompClient
+
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)
+    s = StompClient(broker)
+    try:
+        s.send(f"/exchange/{tname}", "from stomp", colour="blue", persistent="true")
+    finally:
+        s.close()
+    env = json.loads(receive(sqs, url)[0]["Body"])
+    assert env["TopicArn"] == arn and env["Message"] == "from stomp"
+    assert env["MessageAttributes"]["colour"] == {"Type": "String", "Value": "blue"}
+    verify_signature(env)
+
+
 @pytest.fixture
 def aws_mqtt_broker(tmp_path):
     """A wharf whose MQTT listener serves the AWS account's vhost."""

@@ -255,10 +255,8 @@ impl TopicFanout {
             .collect();
         let version = self
             .topics
-            .get(vhost, topic)
-            .attributes
-            .get("SignatureVersion")
-            .and_then(|v| SignatureVersion::parse(v))
+            .attribute(vhost, topic, "SignatureVersion")
+            .and_then(|v| SignatureVersion::parse(&v))
             .unwrap_or(SignatureVersion::V1);
         let message_id = header(msg, HEADER_MESSAGE_ID)
             .or(msg.properties.message_id.as_deref())

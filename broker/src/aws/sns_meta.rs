@@ -75,6 +75,16 @@ impl TopicStore {
             .unwrap_or_default()
     }
 
+    /// One attribute of a topic, without copying the rest (read per delivered envelope).
+    pub fn attribute(&self, vhost: &str, name: &str, attribute: &str) -> Option<String> {
+        self.topics
+            .read()
+            .get(&(vhost.to_string(), name.to_string()))?
+            .attributes
+            .get(attribute)
+            .cloned()
+    }
+
     /// Changes (or creates) a topic's settings and writes the file.
     pub fn update<R>(
         &self,
