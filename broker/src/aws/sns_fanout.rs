@@ -436,3 +436,124 @@ fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
     f.write_all(pem.as_bytes())?;
     f.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Destination, Properties};
+
+    fn fanout(dir: &std::path::Path) -> TopicFanout {
+        let topics = Arc::new(TopicStore::open(dir).unwrap());
+        TopicFanout::new(topics, "000000000000", "us-east-1", dir)
+    }
+
+    fn binding(args: &[(&str, &str)]) -> Binding {
+        Binding {
+            destination: Destination::Queue("q".into()),
+            routing_key: String::new(),
+            arguments: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::long_string(*v)))
+                .collect(),
+        }
+    }
+
+    fn published(body: &str, colour: &str) -> SharedMessage {
+        let mut m = Message::new("orders", "", Bytes::from(body.to_string()));
+        let mut h = Table::new();
+        h.insert("colour".into(), Value::long_string(colour));
+        m.properties = Properties {
+            headers: Some(h),
+            message_id: Some("amqp-id".into()),
+            ..Default::default()
+        };
+        Arc::new(m)
+    }
+
+    const SUB: &str =
+        "arn:aws:sns:us-east-1:000000000000:orders:0f8c3a52-4c4b-4f8e-9a59-8f0c1e2d3b4a";
+
+    #[test]
+    fn prepare_stamps_an_amqp_publish_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fanout(dir.path());
+        let m = f.prepare(&published("b", "red"));
+        assert_eq!(header(&m, HEADER_MESSAGE_ID), Some("amqp-id"));
+        assert!(header(&m, HEADER_TIMESTAMP_MS).is_some());
+        // Already stamped (SNS Publish, or a second topic): passed on as it is.
+        assert!(Arc::ptr_eq(&f.prepare(&m), &m));
+    }
+
+    #[test]
+    fn sqs_subscriptions_get_a_signed_envelope_and_raw_ones_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fanout(dir.path());
+        let m = f.prepare(&published("order 42", "red"));
+        let sub = binding(&[(ARG_SUBSCRIPTION_ARN, SUB), (ARG_PROTOCOL, "sqs")]);
+        let out = f
+            .message_for("aws:000000000000:us-east-1", "orders", &sub, &m)
+            .unwrap();
+        let env: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(env["Type"], "Notification");
+        assert_eq!(env["Message"], "order 42");
+        assert_eq!(env["MessageId"], "amqp-id");
+        assert_eq!(env["TopicArn"], "arn:aws:sns:us-east-1:000000000000:orders");
+        assert_eq!(env["MessageAttributes"]["colour"]["Value"], "red");
+        let key = f.signing_key().unwrap();
+        signature::verify_envelope(key.certificate_pem(), env.as_object().unwrap()).unwrap();
+        // The SQS copy has its own id and carries the attributes only in the envelope.
+        assert_ne!(out.properties.message_id.as_deref(), Some("amqp-id"));
+        assert!(out.properties.headers.is_none());
+        let raw = binding(&[
+            (ARG_SUBSCRIPTION_ARN, SUB),
+            (ARG_PROTOCOL, "sqs"),
+            (ARG_RAW, "true"),
+        ]);
+        let out = f
+            .message_for("aws:000000000000:us-east-1", "orders", &raw, &m)
+            .unwrap();
+        assert_eq!(&out.body[..], b"order 42");
+        let h = out.properties.headers.as_ref().unwrap();
+        assert_eq!(h["colour"], Value::long_string("red"));
+        assert!(h.keys().all(|k| !k.starts_with("x-sns-")));
+        // A plain AMQP binding takes the message as published, SNS id and all.
+        let out = f
+            .message_for("aws:000000000000:us-east-1", "orders", &binding(&[]), &m)
+            .unwrap();
+        assert_eq!(&out.body[..], b"order 42");
+        assert_eq!(out.properties.message_id.as_deref(), Some("amqp-id"));
+    }
+
+    #[test]
+    fn filter_policies_drop_what_does_not_match_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fanout(dir.path());
+        let b = binding(&[(ARG_FILTER_POLICY, r#"{"colour": ["red"]}"#)]);
+        let v = "aws:000000000000:us-east-1";
+        assert!(f
+            .message_for(v, "orders", &b, &f.prepare(&published("x", "red")))
+            .is_some());
+        assert!(f
+            .message_for(v, "orders", &b, &f.prepare(&published("x", "blue")))
+            .is_none());
+        let body = binding(&[
+            (ARG_FILTER_POLICY, r#"{"kind": ["retail"]}"#),
+            (ARG_FILTER_POLICY_SCOPE, "MessageBody"),
+        ]);
+        let retail = f.prepare(&published(r#"{"kind": "retail"}"#, "-"));
+        assert!(f.message_for(v, "orders", &body, &retail).is_some());
+        let other = f.prepare(&published(r#"{"kind": "other"}"#, "-"));
+        assert!(f.message_for(v, "orders", &body, &other).is_none());
+        let args = |pairs: &[(&str, &str)]| binding(pairs).arguments;
+        assert!(f
+            .validate_binding(&args(&[(ARG_FILTER_POLICY, "{nope")]))
+            .is_err());
+        assert!(f
+            .validate_binding(&args(&[(ARG_FILTER_POLICY_SCOPE, "Elsewhere")]))
+            .is_err());
+        assert!(f.validate_binding(&args(&[(ARG_RAW, "maybe")])).is_err());
+        assert!(f
+            .validate_binding(&args(&[(ARG_FILTER_POLICY, r#"{"a": ["b"]}"#)]))
+            .is_ok());
+    }
+}
