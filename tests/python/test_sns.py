@@ -273,6 +273,30 @@ def test_signature_version_2_and_tampering(sns, sqs, tname):
         verify_signature(env)
 
 
+def test_unsubscribe_url_works_without_a_signature(broker, sns, sqs, tname):
+    import urllib.error
+    import urllib.request
+
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    sns.publish(TopicArn=arn, Message="x")
+    link = json.loads(receive(sqs, url)[0]["Body"])["UnsubscribeURL"]
+    with urllib.request.urlopen(link, timeout=10) as r:
+        assert r.status == 200
+        assert ET.fromstring(r.read()).tag == f"{{{SNS_NS}}}UnsubscribeResponse"
+    assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []
+    # Once gone, the link answers NotFound; it opens no other door (other actions stay signed).
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(link, timeout=10)
+    assert e.value.code == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(link.replace("Action=Unsubscribe", "Action=DeleteTopic")
+                               .replace("SubscriptionArn", "TopicArn"), timeout=10)
+    assert e.value.code == 403
+    assert sns.get_topic_attributes(TopicArn=arn)["Attributes"]["TopicArn"] == arn
+
+
 def test_every_subscriber_gets_one_copy(sns, sqs, tname):
     arn = sns.create_topic(Name=tname)["TopicArn"]
     queues = [new_queue(sqs) for _ in range(3)]

@@ -178,6 +178,11 @@ async fn handle(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if signed.is_none() && parts.method == http::Method::GET {
+        if let Some(arn) = unsubscribe_link(&parts) {
+            return unsubscribe_by_link(ctx, &parts, &arn, request_id).await;
+        }
+    }
     let service = service_of(&parts, &body, signed.as_ref().map(|s| &s.scope));
     if service == Service::Other {
         let op = parts
@@ -237,6 +242,51 @@ async fn handle(
     if resp.status().is_server_error() {
         tracing::warn!(%peer, status = %resp.status(), ?service, "aws request failed");
     }
+    resp.map(Full::new)
+}
+
+/// The subscription ARN of an envelope's UnsubscribeURL (`GET /?Action=Unsubscribe&
+/// SubscriptionArn=...`, unsigned), if this request is one.
+fn unsubscribe_link(parts: &http::request::Parts) -> Option<String> {
+    let params = bridge::sqs::query_params(parts, &[]);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (get("Action").as_deref() == Some("Unsubscribe")).then_some(())?;
+    get("SubscriptionArn")
+}
+
+/// Follows an UnsubscribeURL. As on AWS, the link needs no signature: the subscription ARN's
+/// random part is the credential, and the link reaches only the subscriber, inside the
+/// envelope. It can do nothing but remove that one subscription.
+async fn unsubscribe_by_link(
+    ctx: &AwsContext,
+    parts: &http::request::Parts,
+    arn: &str,
+    request_id: String,
+) -> Response<Full<Bytes>> {
+    let sub = match bridge::sns::SubscriptionArn::parse(arn) {
+        Ok(s) => s,
+        Err(e) => return bridge::sns::error_response(&e, &request_id).map(Full::new),
+    };
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:4566");
+    let rctx = RequestContext {
+        account_id: sub.topic.account.clone(),
+        region: sub.topic.region.clone(),
+        base_url: format!("http://{host}"),
+        access_key_id: None,
+        request_id,
+    };
+    let request = bridge::sns::SnsRequest::Unsubscribe {
+        subscription_arn: arn.to_string(),
+    };
+    use bridge::sns::SnsBackend as _;
+    let resp = match ctx.sns.call(&rctx, request).await {
+        Ok(r) => bridge::sns::success_response("Unsubscribe", &r, &rctx.request_id),
+        Err(e) => bridge::sns::error_response(&e, &rctx.request_id),
+    };
     resp.map(Full::new)
 }
 
