@@ -894,6 +894,9 @@ def test_mqtt_both_ways_through_amq_topic(aws_mqtt_broker):
         ch.exchange_bind(destination="amq.topic", source="alerts", routing_key="sns.alerts")
         # MQTT -> SNS: MQTT publishes on `to-sns/alerts` reach the topic.
         ch.exchange_bind(destination="alerts", source="amq.topic", routing_key="to-sns.alerts")
+        # An MQTT subscription with a filter policy: the exchange binding carries it.
+        ch.exchange_bind(destination="amq.topic", source="alerts", routing_key="sns.alerts.red",
+                         arguments={"x-sns-filter-policy": json.dumps({"colour": ["red"]})})
     finally:
         conn.close()
     msgs = queue.Queue()
@@ -907,6 +910,24 @@ def test_mqtt_both_ways_through_amq_topic(aws_mqtt_broker):
         got = msgs.get(timeout=WAIT)
         assert got.topic == "sns/alerts" and got.payload == b"sns to mqtt"
         assert receive(sqs, url)[0]["Body"] == "sns to mqtt"
+        reds = queue.Queue()
+        red_sub = mqtt_client(b, reds)
+        try:
+            red_subscribed = queue.Queue()
+            red_sub.on_subscribe = lambda *a: red_subscribed.put(True)
+            red_sub.subscribe("sns/alerts/red", qos=1)
+            red_subscribed.get(timeout=WAIT)
+            for colour in ("blue", "red"):
+                sns.publish(TopicArn=arn, Message=f"{colour} alert", MessageAttributes={
+                    "colour": {"DataType": "String", "StringValue": colour}})
+            assert reds.get(timeout=WAIT).payload == b"red alert"
+            with pytest.raises(queue.Empty):
+                reds.get(timeout=1)
+        finally:
+            red_sub.loop_stop()
+            red_sub.disconnect()
+        assert sorted(m["Body"] for m in receive(sqs, url, n=2)) == ["blue alert", "red alert"]
+        assert [msgs.get(timeout=WAIT).payload for _ in range(2)] == [b"blue alert", b"red alert"]
         pub = mqtt_client(b)
         try:
             pub.publish("to-sns/alerts", b"mqtt to sns", qos=1).wait_for_publish(WAIT)

@@ -615,7 +615,7 @@ impl Vhost {
             Self::enqueue(q, &msg, &mut encoded, &mut outcome);
         }
         for topic in topics {
-            self.fan_out(&topic, &msg, &mut visited, &mut outcome);
+            self.fan_out(&topic, &msg, &visited, &mut outcome);
         }
         Ok(outcome)
     }
@@ -641,7 +641,7 @@ impl Vhost {
         &self,
         topic: &Arc<Exchange>,
         msg: &SharedMessage,
-        visited: &mut Vec<String>,
+        visited: &[String],
         outcome: &mut PublishOutcome,
     ) {
         let hook = self.shared.sns_fanout.get();
@@ -664,6 +664,10 @@ impl Vhost {
                 })
                 .collect()
         });
+        // Each exchange binding routes from what was visited up to this topic: two bindings to
+        // the same exchange (two keys into amq.topic) both deliver, and the topic itself stays
+        // visited, so no path leads back into it.
+        let base = visited.to_vec();
         for (dest, m, key) in targets {
             match dest {
                 Destination::Queue(name) => {
@@ -686,14 +690,15 @@ impl Vhost {
                     };
                     let mut queues = Vec::new();
                     let mut topics = Vec::new();
-                    self.route(&next, &m, &mut queues, visited, &mut topics);
+                    let mut visited = base.clone();
+                    self.route(&next, &m, &mut queues, &mut visited, &mut topics);
                     let mut encoded = None;
                     for q in &queues {
                         outcome.routed = true;
                         Self::enqueue(q, &m, &mut encoded, outcome);
                     }
                     for t in topics {
-                        self.fan_out(&t, &m, visited, outcome);
+                        self.fan_out(&t, &m, &visited, outcome);
                     }
                 }
             }
