@@ -106,10 +106,35 @@ aws_errors! {
         "com.amazonaws.sqs#UnsupportedOperation", 400;
     resource_not_found => "ResourceNotFoundException",
         "com.amazonaws.sqs#ResourceNotFoundException", 404;
+    // SNS errors (Query protocol only): codes and statuses from SNS's API model.
+    sns_invalid_parameter => "InvalidParameter", "com.amazonaws.sns#InvalidParameterException", 400;
+    sns_invalid_parameter_value => "ParameterValueInvalid",
+        "com.amazonaws.sns#InvalidParameterValueException", 400;
+    sns_not_found => "NotFound", "com.amazonaws.sns#NotFoundException", 404;
+    sns_resource_not_found => "ResourceNotFound",
+        "com.amazonaws.sns#ResourceNotFoundException", 404;
+    sns_authorization_error => "AuthorizationError",
+        "com.amazonaws.sns#AuthorizationErrorException", 403;
+    sns_internal_error => "InternalError", "com.amazonaws.sns#InternalErrorException", 500;
+    sns_tag_limit_exceeded => "TagLimitExceeded",
+        "com.amazonaws.sns#TagLimitExceededException", 400;
+    sns_empty_batch_request => "EmptyBatchRequest",
+        "com.amazonaws.sns#EmptyBatchRequestException", 400;
+    sns_too_many_entries_in_batch_request => "TooManyEntriesInBatchRequest",
+        "com.amazonaws.sns#TooManyEntriesInBatchRequestException", 400;
+    sns_batch_entry_ids_not_distinct => "BatchEntryIdsNotDistinct",
+        "com.amazonaws.sns#BatchEntryIdsNotDistinctException", 400;
+    sns_invalid_batch_entry_id => "InvalidBatchEntryId",
+        "com.amazonaws.sns#InvalidBatchEntryIdException", 400;
+    sns_batch_request_too_long => "BatchRequestTooLong",
+        "com.amazonaws.sns#BatchRequestTooLongException", 400;
+    sns_validation => "ValidationException", "com.amazonaws.sns#ValidationException", 400;
 }
 
 /// The XML namespace of SQS Query responses (API version 2012-11-05).
 pub const SQS_XMLNS: &str = "http://queue.amazonaws.com/doc/2012-11-05/";
+/// The XML namespace of SNS responses (API version 2010-03-31).
+pub const SNS_XMLNS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
 
 impl AwsError {
     /// The JSON 1.0 rendering: `{"__type": ..., "message": ...}` plus `x-amzn-query-error`

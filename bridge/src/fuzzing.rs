@@ -15,13 +15,15 @@
 //! - `sqs::decode`, under both protocols and under the one the headers pick, gives a request
 //!   that passes `validate` again, or an AWS error of status 4xx (a 5xx would tell the SDK to
 //!   retry a request that can never succeed), whose response renders in that protocol;
-//! - a decoded SendMessage's digests compute; STS routing and answering never fail with a 5xx.
+//! - a decoded SendMessage's digests compute; STS routing and answering never fail with a 5xx;
+//! - `sns::decode` gives a request, or an AWS error of status 4xx rendered as SNS XML; a
+//!   decoded Publish's per-protocol message picks without failing.
 
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request};
 
 use crate::sqs::{self, Protocol, RequestContext, SqsRequest};
-use crate::{sigv4, sts};
+use crate::{sigv4, sns, sts};
 
 /// The request in the input, or `None` when `http` refuses its request line.
 pub fn parse_input(data: &[u8]) -> Option<(Parts, &[u8])> {
@@ -69,6 +71,9 @@ pub fn check(data: &[u8]) {
     for protocol in [sqs::protocol_of(&parts), Protocol::Json, Protocol::Query] {
         check_decode(protocol, &parts, body, &ctx);
     }
+    // Routing must not panic either, whatever the service.
+    let _ = sns::is_sns(scope_service.as_deref(), &parts, body);
+    check_sns_decode(&parts, body);
     if sts::is_sts(scope_service.as_deref(), &parts, body) {
         let who = sts::Identity {
             arn: "arn:aws:iam::000000000000:user/guest".into(),
@@ -96,6 +101,21 @@ fn check_sigv4(parts: &Parts, body: &[u8]) -> Option<String> {
             assert_eq!(e.code, "IncompleteSignature", "parse: {e:?}");
             assert_eq!(e.status.as_u16(), 400);
             None
+        }
+    }
+}
+
+fn check_sns_decode(parts: &Parts, body: &[u8]) {
+    match sns::decode(parts, body) {
+        Ok((_, sns::SnsRequest::Publish { input, .. })) => {
+            let json = sns::validate::is_json_structure(&input);
+            let _ = sns::envelope::message_for(&input.message, json, "sqs");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            assert!(e.status.is_client_error(), "SNS decode: {e:?}");
+            let r = sns::error_response(&e, "fuzz");
+            assert_eq!(r.status(), e.status);
         }
     }
 }

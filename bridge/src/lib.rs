@@ -1,4 +1,4 @@
-//! The cloud APIs' surface (DESIGN.md): the SQS wire protocols, SigV4 verification, the MD5
+//! The cloud APIs' surface (DESIGN.md): the SQS and SNS wire protocols, SigV4 verification, the MD5
 //! digests SDKs check and AWS's error shapes. Bytes and `http` types in, typed requests out, and
 //! back; the broker implements the backend traits. No sockets, no runtime, no state.
 //!
@@ -8,7 +8,8 @@
 //! - [`md5`]: MD5OfMessageBody / MD5OfMessageAttributes / MD5OfMessageSystemAttributes.
 //! - [`sqs`]: SQS requests and responses for both wire protocols, attribute validation, and the
 //!   [`sqs::SqsBackend`] trait.
-//! - [`sns`]: SNS subscription filter policies and message signatures.
+//! - [`sns`]: SNS requests (Query protocol) and responses, the notification envelope, filter
+//!   policies, message signatures, and the [`sns::SnsBackend`] trait.
 //! - [`sts`]: GetCallerIdentity, which SDK tooling calls to check credentials.
 
 pub mod error;

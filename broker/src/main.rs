@@ -237,6 +237,15 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
     let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
+    if let Some((b, _)) = bound.iter().find(|(b, _)| b.protocol() == "http") {
+        // SNS envelopes name the broker (UnsubscribeURL): the address it answers on.
+        let addr = b.local_addr();
+        aws_ctx.sns.set_base_url(if addr.ip().is_unspecified() {
+            format!("http://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        });
+    }
     if !config.sigv4 {
         tracing::warn!("sigv4 is off: AWS API requests are not authenticated");
     }

@@ -61,7 +61,12 @@ pub struct DedupStore {
 impl DedupStore {
     /// Loads the live entries of the journal (a torn last line is skipped) and rewrites it.
     pub fn open(data_dir: &Path, now_ms: u64) -> anyhow::Result<Self> {
-        let path = data_dir.join(FILE);
+        Self::open_file(data_dir, FILE, now_ms)
+    }
+
+    /// The same window journaled in a file of its own (SNS FIFO topics use one).
+    pub fn open_file(data_dir: &Path, file_name: &str, now_ms: u64) -> anyhow::Result<Self> {
+        let path = data_dir.join(file_name);
         let mut window = HashMap::new();
         if let Ok(f) = File::open(&path) {
             for line in BufReader::new(f).lines() {

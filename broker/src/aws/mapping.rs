@@ -63,8 +63,9 @@ pub fn from_headers(headers: Option<&Table>) -> MessageAttributes {
             || name == super::sqs::DEDUP_ID_HEADER
             || name == super::sqs::SEQUENCE_HEADER
             || name == crate::engine::VISIBLE_AT_HEADER
+            || name.starts_with("x-sns-")
         {
-            // System attributes of their own, not message attributes.
+            // System attributes of their own (or SNS's bookkeeping), not message attributes.
             continue;
         }
         let declared = types

@@ -1,23 +1,27 @@
 //! The HTTP listener for the AWS APIs: it mounts `bridge/` on the engine.
 //!
 //! One hyper HTTP/1.1 server (keep-alive) per connection. Each request is:
-//! 1. routed by `X-Amz-Target` (`AmazonSQS.*`), the SigV4 credential scope's service, or
-//!    `Action=` (Query protocol);
+//! 1. routed by `X-Amz-Target` (`AmazonSQS.*`), the SigV4 credential scope's service (`sqs`,
+//!    `sns`, `sts`), or, unsigned, the `Action=` (Query protocol);
 //! 2. authenticated: SigV4 against the users' access keys (`[[users]]` access_key_id /
 //!    secret_access_key), unless `sigv4 = false`;
 //! 3. placed in an account and region: the vhost `aws:<account>:<region>` (created on first
 //!    use), so resources live per account and region as in AWS;
-//! 4. served by the bridge with the engine backend ([`sqs::SqsEngine`]).
+//! 4. served by the bridge with the engine backend ([`sqs::SqsEngine`], [`sns::SnsEngine`]).
 //!
 //! Layout: [`sqs`] the SQS backend, [`meta`] the SQS-only queue settings kept beside the
 //! engine, [`mapping`] SQS messages to and from engine messages, [`receive_attempts`] the
-//! FIFO ReceiveRequestAttemptId answers.
+//! FIFO ReceiveRequestAttemptId answers; [`sns`] the SNS backend, [`sns_meta`] topic settings,
+//! [`sns_fanout`] what each subscription receives, [`sns_http`] HTTP(S) delivery.
 
 pub mod dedup;
 pub mod mapping;
 pub mod meta;
 pub mod receive_attempts;
+pub mod sns;
+pub mod sns_fanout;
 pub mod sns_http;
+pub mod sns_meta;
 pub mod sqs;
 pub mod tasks;
 
@@ -64,6 +68,7 @@ pub struct AwsContext {
     pub engine: Arc<Engine>,
     pub config: AwsConfig,
     pub sqs: sqs::SqsEngine,
+    pub sns: sns::SnsEngine,
 }
 
 impl AwsContext {
@@ -73,11 +78,16 @@ impl AwsContext {
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Arc<Self>> {
         let sqs = sqs::SqsEngine::open(engine.clone(), data_dir)?;
-        Ok(Arc::new(AwsContext {
+        let sns =
+            sns::SnsEngine::open(engine.clone(), data_dir, &config.account_id, &config.region)?;
+        let ctx = Arc::new(AwsContext {
             engine,
             config,
             sqs,
-        }))
+            sns,
+        });
+        ctx.sns.attach(Arc::downgrade(&ctx));
+        Ok(ctx)
     }
 }
 
@@ -117,6 +127,7 @@ pub async fn serve<S>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Sqs,
+    Sns,
     /// GetCallerIdentity only (bridge::sts).
     Sts,
     /// Another AWS service's target or signing scope: not served here.
@@ -139,6 +150,9 @@ fn service_of(parts: &http::request::Parts, body: &[u8], scope: Option<&sigv4::S
     if bridge::sts::is_sts(service, parts, body) {
         return Service::Sts;
     }
+    if bridge::sns::is_sns(service, parts, body) {
+        return Service::Sns;
+    }
     match service {
         None | Some("sqs") => Service::Sqs,
         Some(_) => Service::Other,
@@ -152,6 +166,9 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let request_id = uuid::Uuid::new_v4().to_string();
+    if parts.method == http::Method::GET && parts.uri.path() == sns_fanout::SIGNING_CERT_PATH {
+        return signing_certificate(ctx);
+    }
     let protocol = bridge::sqs::protocol_of(&parts);
     let fail = |e: AwsError| bridge::sqs::error_response(protocol, &e, &request_id).map(Full::new);
     let body = match Limited::new(body, REQUEST_BYTES_MAX).collect().await {
@@ -166,6 +183,11 @@ async fn handle(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if signed.is_none() && parts.method == http::Method::GET {
+        if let Some(arn) = unsubscribe_link(&parts) {
+            return unsubscribe_by_link(ctx, &parts, &arn, request_id).await;
+        }
+    }
     let service = service_of(&parts, &body, signed.as_ref().map(|s| &s.scope));
     if service == Service::Other {
         let op = parts
@@ -179,6 +201,9 @@ async fn handle(
         Ok(who) => who,
         Err(e) if service == Service::Sts => {
             return bridge::sts::error_response(&e, &request_id).map(Full::new)
+        }
+        Err(e) if service == Service::Sns => {
+            return bridge::sns::error_response(&e, &request_id).map(Full::new)
         }
         Err(e) => return fail(e),
     };
@@ -214,11 +239,79 @@ async fn handle(
         access_key_id,
         request_id: request_id.clone(),
     };
-    let resp = bridge::sqs::handle(&ctx.sqs, &rctx, &parts, &body).await;
+    let resp = if service == Service::Sns {
+        bridge::sns::handle(&ctx.sns, &rctx, &parts, &body).await
+    } else {
+        bridge::sqs::handle(&ctx.sqs, &rctx, &parts, &body).await
+    };
     if resp.status().is_server_error() {
-        tracing::warn!(%peer, status = %resp.status(), "sqs request failed");
+        tracing::warn!(%peer, status = %resp.status(), ?service, "aws request failed");
     }
     resp.map(Full::new)
+}
+
+/// The subscription ARN of an envelope's UnsubscribeURL (`GET /?Action=Unsubscribe&
+/// SubscriptionArn=...`, unsigned), if this request is one.
+fn unsubscribe_link(parts: &http::request::Parts) -> Option<String> {
+    let params = bridge::sqs::query_params(parts, &[]);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (get("Action").as_deref() == Some("Unsubscribe")).then_some(())?;
+    get("SubscriptionArn")
+}
+
+/// Follows an UnsubscribeURL. As on AWS, the link needs no signature: the subscription ARN's
+/// random part is the credential, and the link reaches only the subscriber, inside the
+/// envelope. It can do nothing but remove that one subscription.
+async fn unsubscribe_by_link(
+    ctx: &AwsContext,
+    parts: &http::request::Parts,
+    arn: &str,
+    request_id: String,
+) -> Response<Full<Bytes>> {
+    let sub = match bridge::sns::SubscriptionArn::parse(arn) {
+        Ok(s) => s,
+        Err(e) => return bridge::sns::error_response(&e, &request_id).map(Full::new),
+    };
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:4566");
+    let rctx = RequestContext {
+        account_id: sub.topic.account.clone(),
+        region: sub.topic.region.clone(),
+        base_url: format!("http://{host}"),
+        access_key_id: None,
+        request_id,
+    };
+    let request = bridge::sns::SnsRequest::Unsubscribe {
+        subscription_arn: arn.to_string(),
+    };
+    use bridge::sns::SnsBackend as _;
+    let resp = match ctx.sns.call(&rctx, request).await {
+        Ok(r) => bridge::sns::success_response("Unsubscribe", &r, &rctx.request_id),
+        Err(e) => bridge::sns::error_response(&e, &rctx.request_id),
+    };
+    resp.map(Full::new)
+}
+
+/// The SNS signing certificate (SigningCertURL): public, so served without a signature, as
+/// AWS serves its own.
+fn signing_certificate(ctx: &AwsContext) -> Response<Full<Bytes>> {
+    let (status, body) = match ctx.sns.signing_certificate() {
+        Ok(pem) => (http::StatusCode::OK, pem),
+        Err(e) => {
+            tracing::warn!(error = %e, "SNS signing certificate unavailable");
+            (http::StatusCode::SERVICE_UNAVAILABLE, String::new())
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-pem-file"),
+    );
+    r
 }
 
 /// Who made a request, once authenticated.

@@ -17,6 +17,9 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// An SNS topic: every binding is a subscription; the broker's [`super::SnsFanout`]
+    /// builds what each one receives (envelope or raw, after its filter policy).
+    Sns,
 }
 
 impl ExchangeKind {
@@ -26,6 +29,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            "sns" => ExchangeKind::Sns,
             _ => return None,
         })
     }
@@ -35,6 +39,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::Sns => "sns",
         }
     }
 }
@@ -110,7 +115,7 @@ impl Exchange {
             ExchangeKind::Topic => b
                 .topic
                 .insert(&binding.routing_key, binding.destination.clone()),
-            ExchangeKind::Fanout | ExchangeKind::Headers => {}
+            ExchangeKind::Fanout | ExchangeKind::Headers | ExchangeKind::Sns => {}
         }
         b.all.push(binding);
         true
@@ -146,7 +151,7 @@ impl Exchange {
                 }
             }
             ExchangeKind::Topic => b.topic.remove(&binding.routing_key, &binding.destination),
-            ExchangeKind::Fanout | ExchangeKind::Headers => {}
+            ExchangeKind::Fanout | ExchangeKind::Headers | ExchangeKind::Sns => {}
         }
     }
 
@@ -170,6 +175,11 @@ impl Exchange {
         self.bindings.read().all.clone()
     }
 
+    /// Runs `f` over the bindings under the read lock (no copy of them).
+    pub fn with_bindings<R>(&self, f: impl FnOnce(&[Binding]) -> R) -> R {
+        f(&self.bindings.read().all)
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.bindings.read().all.is_empty()
     }
@@ -188,7 +198,10 @@ impl Exchange {
                     v.iter().for_each(f);
                 }
             }
-            ExchangeKind::Fanout => b.all.iter().for_each(|x| f(&x.destination)),
+            // Sns: the vhost fans out through the SnsFanout hook; without one, as fanout.
+            ExchangeKind::Fanout | ExchangeKind::Sns => {
+                b.all.iter().for_each(|x| f(&x.destination))
+            }
             ExchangeKind::Topic => b.topic.for_each_match(routing_key, f),
             ExchangeKind::Headers => {
                 for x in &b.all {

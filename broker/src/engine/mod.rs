@@ -9,6 +9,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod sns;
 pub mod topic;
 pub mod vhost;
 
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -29,6 +30,7 @@ pub use queue::{
     ConsumerSpec, Enqueued, GetMode, Queue, QueueArgs, QueueSettings, Received, Redrive, Settle,
     GROUP_ID_HEADER, VISIBLE_AT_HEADER,
 };
+pub use sns::SnsFanout;
 pub use vhost::{PublishOutcome, Vhost};
 
 pub use crate::store::Lsn;
@@ -181,6 +183,8 @@ pub(crate) struct Shared {
     alarm: watch::Sender<bool>,
     vhosts: RwLock<HashMap<String, Arc<Vhost>>>,
     definitions: definitions::DefinitionsFile,
+    /// What each subscription of an SNS topic receives (set once by the AWS listener's setup).
+    pub(crate) sns_fanout: OnceLock<Arc<dyn SnsFanout>>,
 }
 
 impl Shared {
@@ -251,6 +255,7 @@ impl Engine {
             definitions: definitions::DefinitionsFile::new(
                 config.data_dir.join("definitions.json"),
             ),
+            sns_fanout: OnceLock::new(),
         });
         let defs = shared.definitions.load()?;
         let mut names: Vec<String> = config.vhosts.clone();
@@ -387,6 +392,11 @@ impl Engine {
             .clone();
         self.shared.save_definitions()?;
         Ok(v)
+    }
+
+    /// Installs the SNS fan-out hook (once; later calls are ignored).
+    pub fn set_sns_fanout(&self, fanout: Arc<dyn SnsFanout>) {
+        let _ = self.shared.sns_fanout.set(fanout);
     }
 
     /// Looks a user up without a password (MQTT's anonymous user).

@@ -343,6 +343,27 @@ impl Vhost {
         }
     }
 
+    /// Swaps one binding of `source` for another in one step, written to the definitions
+    /// once (SNS SetSubscriptionAttributes: the attributes are the binding's arguments).
+    /// False when `old` is not bound.
+    pub fn replace_binding(&self, source: &str, old: &Binding, new: Binding) -> EngineResult<bool> {
+        let src = self
+            .exchange(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        if src.settings.kind == ExchangeKind::Sns {
+            if let Some(h) = self.shared.sns_fanout.get() {
+                h.validate_binding(&new.arguments)
+                    .map_err(EngineError::precondition)?;
+            }
+        }
+        if !src.unbind(old) {
+            return Ok(false);
+        }
+        src.bind(new);
+        self.persist_if(src.settings.durable)?;
+        Ok(true)
+    }
+
     /// Recreates a durable queue from the definitions at startup, with its recorded id.
     pub(crate) fn restore_queue(
         &self,
@@ -541,6 +562,12 @@ impl Vhost {
         }
         if change == Change::Add {
             super::exchange::validate_binding(src.settings.kind, &arguments)?;
+            if src.settings.kind == ExchangeKind::Sns {
+                if let Some(h) = self.shared.sns_fanout.get() {
+                    h.validate_binding(&arguments)
+                        .map_err(EngineError::precondition)?;
+                }
+            }
         }
         let binding = Binding {
             destination: to.destination,
@@ -576,7 +603,8 @@ impl Vhost {
         }
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let mut visited: Vec<String> = Vec::new();
-        self.route(&ex, &msg, &mut queues, &mut visited);
+        let mut topics: Vec<Arc<Exchange>> = Vec::new();
+        self.route(&ex, &msg, &mut queues, &mut visited, &mut topics);
         let msg: SharedMessage = Arc::new(msg);
         let mut outcome = PublishOutcome {
             routed: !queues.is_empty(),
@@ -584,27 +612,118 @@ impl Vhost {
         };
         let mut encoded: Option<Bytes> = None;
         for q in &queues {
-            match q.publish(&msg, &mut encoded) {
-                Enqueued::Accepted { lsn } => outcome.lsn = outcome.lsn.max(lsn),
-                Enqueued::Rejected => outcome.rejected = true,
-            }
+            Self::enqueue(q, &msg, &mut encoded, &mut outcome);
+        }
+        for topic in topics {
+            self.fan_out(&topic, &msg, &visited, &mut outcome);
         }
         Ok(outcome)
     }
 
+    fn enqueue(
+        q: &Queue,
+        msg: &SharedMessage,
+        encoded: &mut Option<Bytes>,
+        outcome: &mut PublishOutcome,
+    ) {
+        match q.publish(msg, encoded) {
+            Enqueued::Accepted { lsn } => outcome.lsn = outcome.lsn.max(lsn),
+            Enqueued::Rejected => outcome.rejected = true,
+        }
+    }
+
+    /// Delivers a message that reached an SNS topic's exchange to each of its bindings, as
+    /// the SnsFanout hook transforms it (envelope, raw, or nothing when filtered out). An
+    /// exchange bound to the topic routes the transformed message on (an MQTT subscriber
+    /// behind `amq.topic`, for instance), with the binding's key as its routing key when the
+    /// key is not empty: topic bindings carry no key of their own to match on.
+    fn fan_out(
+        &self,
+        topic: &Arc<Exchange>,
+        msg: &SharedMessage,
+        visited: &[String],
+        outcome: &mut PublishOutcome,
+    ) {
+        let hook = self.shared.sns_fanout.get();
+        let prepared;
+        let msg = match hook {
+            Some(h) => {
+                prepared = h.prepare(msg);
+                &prepared
+            }
+            None => msg,
+        };
+        let targets: Vec<(Destination, SharedMessage, String)> = topic.with_bindings(|bs| {
+            bs.iter()
+                .filter_map(|b| {
+                    let m = match hook {
+                        Some(h) => h.message_for(&self.name, &topic.name, b, msg)?,
+                        None => msg.clone(),
+                    };
+                    Some((b.destination.clone(), m, b.routing_key.clone()))
+                })
+                .collect()
+        });
+        // Each exchange binding routes from what was visited up to this topic: two bindings to
+        // the same exchange (two keys into amq.topic) both deliver, and the topic itself stays
+        // visited, so no path leads back into it.
+        let base = visited.to_vec();
+        for (dest, m, key) in targets {
+            match dest {
+                Destination::Queue(name) => {
+                    let q = self.queues.read().get(&name).cloned();
+                    if let Some(q) = q {
+                        outcome.routed = true;
+                        Self::enqueue(&q, &m, &mut None, outcome);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    let Some(next) = self.exchange(&name) else {
+                        continue;
+                    };
+                    let m: SharedMessage = if key.is_empty() {
+                        m
+                    } else {
+                        let mut owned = (*m).clone();
+                        owned.routing_key = key;
+                        Arc::new(owned)
+                    };
+                    let mut queues = Vec::new();
+                    let mut topics = Vec::new();
+                    let mut visited = base.clone();
+                    self.route(&next, &m, &mut queues, &mut visited, &mut topics);
+                    let mut encoded = None;
+                    for q in &queues {
+                        outcome.routed = true;
+                        Self::enqueue(q, &m, &mut encoded, outcome);
+                    }
+                    for t in topics {
+                        self.fan_out(&t, &m, &visited, outcome);
+                    }
+                }
+            }
+        }
+    }
+
     /// Collects the queues a message reaches from `ex`, following exchange-to-exchange
-    /// bindings (each exchange once) and alternate exchanges when nothing matched.
+    /// bindings (each exchange once) and alternate exchanges when nothing matched. SNS topic
+    /// exchanges reached are collected in `topics`: they fan out per binding ([`Self::fan_out`]).
     fn route(
         &self,
         ex: &Arc<Exchange>,
         msg: &Message,
         queues: &mut Vec<Arc<Queue>>,
         visited: &mut Vec<String>,
+        topics: &mut Vec<Arc<Exchange>>,
     ) {
         if visited.iter().any(|v| v == &ex.name) {
             return;
         }
         visited.push(ex.name.clone());
+        if ex.settings.kind == ExchangeKind::Sns {
+            topics.push(ex.clone());
+            return;
+        }
         let before = queues.len();
         let mut matched = false;
         if ex.name.is_empty() {
@@ -636,15 +755,15 @@ impl Vhost {
             }
             for name in exchanges {
                 if let Some(next) = self.exchange(&name) {
-                    let n = queues.len();
-                    self.route(&next, msg, queues, visited);
-                    matched |= queues.len() > n;
+                    let (n, t) = (queues.len(), topics.len());
+                    self.route(&next, msg, queues, visited, topics);
+                    matched |= queues.len() > n || topics.len() > t;
                 }
             }
         }
         if !matched && queues.len() == before {
             if let Some(ae) = ex.alternate_exchange().and_then(|n| self.exchange(n)) {
-                self.route(&ae, msg, queues, visited);
+                self.route(&ae, msg, queues, visited, topics);
             }
         }
     }

@@ -24,10 +24,14 @@
 //!
 //! `wharf-bench sqs ...` runs the SQS workload ([`sqs`], `tests/bench/run-sqs` runs it against
 //! Wharf and moto's server).
+//!
+//! `wharf-bench sns ...` runs the SNS fan-out workload ([`sns`], `tests/bench/run-sns` runs it
+//! against Wharf and moto's server).
 
 mod lapin_client;
 mod mqtt;
 mod raw;
+mod sns;
 mod sqs;
 mod stomp;
 
@@ -105,6 +109,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("mqtt") {
         return mqtt::main(mqtt::MqttArgs::parse_from(std::env::args().skip(1)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("sns") {
+        return sns::main(sns::SnsArgs::parse());
     }
     if std::env::args().nth(1).as_deref() == Some("sqs") {
         return sqs::main(sqs::SqsArgs::parse());
