@@ -994,8 +994,16 @@ impl Session {
         }
     }
 
-    fn binding_args(filter: &str, sub: &Sub) -> Table {
+    /// The arguments of a subscription's binding. Only a persistent session reads its
+    /// subscriptions back from its bindings; a clean session's carry none (a table with an
+    /// entry is a 720-byte B-tree leaf per subscription), unless the binding key cannot tell the
+    /// filter apart: a literal `*` level maps to the same key as `+`, and the filter argument
+    /// keeps the two bindings distinct.
+    fn binding_args(&self, filter: &str, sub: &Sub) -> Table {
         let mut args = Table::new();
+        if !self.persistent && !filter.split('/').any(|level| level == "*") {
+            return args;
+        }
         args.insert(ARG_FILTER.into(), Value::long_string(filter));
         args.insert(ARG_QOS.into(), Value::U8(sub.qos as u8));
         if let Some(id) = sub.id {
@@ -1018,7 +1026,7 @@ impl Session {
                 &self.queue_name(),
                 EXCHANGE,
                 &key,
-                Self::binding_args(filter, sub),
+                self.binding_args(filter, sub),
                 self.conn_id,
             );
         }
@@ -1052,15 +1060,11 @@ impl Session {
                 self.unbind(&sub.filter, old);
             }
             let key = filter_to_binding_key(&sub.filter);
-            let bound = self.vhost.as_ref().map(|v| {
-                v.bind_queue(
-                    &q.name,
-                    EXCHANGE,
-                    &key,
-                    Self::binding_args(&sub.filter, &new),
-                    self.conn_id,
-                )
-            });
+            let args = self.binding_args(&sub.filter, &new);
+            let bound = self
+                .vhost
+                .as_ref()
+                .map(|v| v.bind_queue(&q.name, EXCHANGE, &key, args, self.conn_id));
             if !matches!(bound, Some(Ok(()))) {
                 reasons.push(ReasonCode::UNSPECIFIED_ERROR);
                 continue;
