@@ -4,7 +4,8 @@
 //!
 //! One poll function ([`Connection::poll_turn`]) instead of a `select!` over futures: `select!`
 //! keeps every branch's future in the task at once, enabled or not, and an idle IoT connection
-//! lives for days with most of them disabled. Here the state is plain fields; what only a
+//! lives for days with most of them disabled. An open session has no timer of its own: the
+//! context's keep-alive sweeper wakes it when its keep-alive expired. Here the state is plain fields; what only a
 //! publisher or a persistent session needs (three watch waits) is boxed on first use, the socket is polled without
 //! `split`, and an idle connection holds no read buffer.
 
@@ -23,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::session::{Phase, Session};
-use super::{count, MqttContext};
+use super::{count, MqttContext, NEVER};
 use crate::engine::mailbox::Mailbox;
 use crate::net::Peer;
 
@@ -175,10 +176,16 @@ struct Connection<S> {
     s: Session,
     ctx: Arc<MqttContext>,
     rbuf: ReadBuf,
-    last_recv: Instant,
+    /// When the last bytes came, in the context's milliseconds ([`MqttContext::now_ms`]).
+    last_recv_ms: u64,
+    /// The keep-alive expiry last handed to the sweeper (see [`super::Takeover`]).
+    keep_alive_expiry_ms: u64,
     /// While connecting, when the CONNECT is due; once closing, when the close gives up
     /// writing. One field: the phases do not overlap.
     deadline: Instant,
+    /// The timer of `deadline`, boxed while connecting or closing only: an open session's
+    /// keep-alive is watched by the context's sweeper instead.
+    timer: Option<Pin<Box<Sleep>>>,
     waits: Option<Box<Waits>>,
     /// Bytes handed to the stream since its last flush.
     unflushed: bool,
@@ -189,53 +196,54 @@ struct Connection<S> {
 
 /// Serves one MQTT connection until the peer closes, a protocol error closes it, the session is
 /// taken over, or `shutdown` fires (MQTT 5 clients then get DISCONNECT 0x8B).
-pub async fn serve<S>(
+///
+/// The connection is built here, before the future, and the future uses it in place: an
+/// `async fn` keeps its arguments in the task and then moves them into locals of their own, so
+/// the task would hold both copies.
+pub fn serve<S>(
     stream: S,
     peer: impl Into<Peer>,
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let started = Instant::now();
-    let mut conn = {
-        // Not kept: the session has what it needs of it, and the task would carry it.
-        let peer: Peer = peer.into();
-        Connection {
-            stream,
-            s: Session::new(ctx.clone(), &peer),
-            ctx,
-            rbuf: ReadBuf::new(),
-            last_recv: started,
-            deadline: started + CONNECT_TIMEOUT,
-            waits: None,
-            unflushed: false,
-            blocked: false,
-            shutdown_seen: false,
-            closing: false,
-        }
+    let peer: Peer = peer.into();
+    let mut conn = Connection {
+        stream,
+        s: Session::new(ctx.clone(), &peer),
+        last_recv_ms: ctx.now_ms(),
+        keep_alive_expiry_ms: NEVER,
+        ctx,
+        rbuf: ReadBuf::new(),
+        deadline: Instant::now() + CONNECT_TIMEOUT,
+        timer: None,
+        waits: None,
+        unflushed: false,
+        blocked: false,
+        shutdown_seen: false,
+        closing: false,
     };
-    {
-        // One timer and one shutdown waiter for the connection's life: building them every
-        // turn would register and drop a timer entry and a waiter per batch.
-        let timer = tokio::time::sleep_until(started + CONNECT_TIMEOUT);
-        tokio::pin!(timer);
-        let shutdown = shutdown.cancelled_owned();
-        tokio::pin!(shutdown);
-        while let Turn::Connect(c) =
-            poll_fn(|cx| conn.poll_turn(cx, timer.as_mut(), shutdown.as_mut())).await
+    async move {
         {
-            // Boxed: CONNECT happens once, and its future would otherwise make every
-            // connection's task bigger for its whole life.
-            Box::pin(conn.s.on_connect(*c)).await;
+            // One shutdown waiter for the connection's life: building one every turn would
+            // register and drop a waiter per batch.
+            let shutdown = shutdown.cancelled_owned();
+            tokio::pin!(shutdown);
+            while let Turn::Connect(c) = poll_fn(|cx| conn.poll_turn(cx, shutdown.as_mut())).await {
+                // Boxed: CONNECT happens once, and its future would otherwise make every
+                // connection's task bigger for its whole life.
+                Box::pin(conn.s.on_connect(*c)).await;
+            }
         }
+        conn.s.finish();
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.stream.shutdown(),
+        ))
+        .await;
     }
-    conn.s.finish();
-    let _ = Box::pin(tokio::time::timeout(
-        Duration::from_secs(1),
-        conn.stream.shutdown(),
-    ))
-    .await;
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -248,7 +256,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn poll_turn(
         &mut self,
         cx: &mut Context<'_>,
-        mut timer: Pin<&mut Sleep>,
         mut shutdown: Pin<&mut WaitForCancellationFutureOwned>,
     ) -> Poll<Turn> {
         loop {
@@ -274,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if now_blocked != self.blocked {
                 tracing::info!(peer = %s.peer, client_id = %s.client_id, blocked = now_blocked, "memory alarm: MQTT publisher {}", if now_blocked { "blocked" } else { "unblocked" });
                 // The keep-alive starts again when reading resumes.
-                self.last_recv = Instant::now();
+                self.last_recv_ms = self.ctx.now_ms();
                 self.blocked = now_blocked;
             }
             let read_enabled = s.phase != Phase::Done && !self.blocked;
@@ -290,17 +297,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // A change before the receivers existed wakes nobody: look again.
                 continue;
             }
-            let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0 && !self.blocked)
-                .then(|| Duration::from_millis(u64::from(s.keep_alive) * 1500));
-            let mut deadline = Instant::now() + Duration::from_secs(3600);
+            // MQTT-3.1.2-24: closed after 1.5 times the keep-alive without a packet.
+            let keep_alive_expiry_ms =
+                if s.phase == Phase::Open && s.keep_alive > 0 && !self.blocked {
+                    self.last_recv_ms + u64::from(s.keep_alive) * 1500
+                } else {
+                    NEVER
+                };
+            if keep_alive_expiry_ms != self.keep_alive_expiry_ms {
+                self.keep_alive_expiry_ms = keep_alive_expiry_ms;
+                s.signals.keep_alive_until(keep_alive_expiry_ms);
+            }
             if s.phase == Phase::Connecting || self.closing {
-                deadline = deadline.min(self.deadline);
-            }
-            if let Some(k) = keep_alive {
-                deadline = deadline.min(self.last_recv + k);
-            }
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+            } else {
+                self.timer = None;
             }
 
             // Sources that change the phase: handled alone, then the pass starts again.
@@ -313,16 +330,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 s.on_taken_over();
                 continue;
             }
-            if timer.as_mut().poll(cx).is_ready() {
-                let now = Instant::now();
-                if self.closing && now >= self.deadline {
+            if self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+            {
+                if self.closing {
                     return Poll::Ready(Turn::Close);
                 }
-                if s.phase == Phase::Connecting && now >= self.deadline {
-                    tracing::info!(peer = %s.peer, "no CONNECT in time");
-                    return Poll::Ready(Turn::Close);
-                }
-                if keep_alive.is_some_and(|k| now >= self.last_recv + k) {
+                tracing::info!(peer = %s.peer, "no CONNECT in time");
+                return Poll::Ready(Turn::Close);
+            }
+            if s.phase == Phase::Open && s.signals.poll_expired(cx).is_ready() {
+                // The sweeper may have looked just before a read moved the expiry on.
+                if self.ctx.now_ms() >= self.keep_alive_expiry_ms {
                     tracing::info!(peer = %s.peer, client_id = %s.client_id, "keep-alive timeout, closing");
                     s.on_keep_alive_timeout();
                 }
@@ -336,7 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 match self.rbuf.poll_fill(&mut self.stream, cx) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Turn::Close),
                     Poll::Ready(Ok(n)) => {
-                        self.last_recv = Instant::now();
+                        self.last_recv_ms = self.ctx.now_ms();
                         count(&stats.bytes_received, n as u64);
                         progress = true;
                     }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -83,18 +84,67 @@ struct Connected {
 
 /// The takeover signals of a connection, in one allocation (two `CancellationToken`s were two
 /// tree nodes of about 120 bytes each, for every connection).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Takeover {
     /// Set to make the session close (session taken over).
     kicked: AtomicBool,
     /// The connection's task, woken by [`Takeover::kick`]: a waker slot rather than a waiter on
     /// a `Notify`, which the task would have to keep (64 bytes) for its whole life.
     kick_waker: AtomicWaker,
+    /// Set by the keep-alive sweeper: nothing came from the client in time.
+    expired: AtomicBool,
+    /// When the keep-alive expires, in milliseconds since the context started ([`NEVER`]: no
+    /// keep-alive, or suspended). Set by the connection as it reads, checked by
+    /// [`sweep_keep_alives`]: one task for all connections instead of a timer in each (112
+    /// bytes in every task).
+    keep_alive_expiry_ms: AtomicU64,
     /// Fired by the session once it has released everything.
     done: Signal,
 }
 
+/// No keep-alive expiry.
+const NEVER: u64 = u64::MAX;
+
+/// How often the keep-alive sweeper looks: a client is closed at most this long after 1.5
+/// times its keep-alive without a packet.
+const KEEP_ALIVE_SWEEP: StdDuration = StdDuration::from_millis(250);
+
 impl Takeover {
+    fn new() -> Takeover {
+        Takeover {
+            kicked: AtomicBool::new(false),
+            kick_waker: AtomicWaker::new(),
+            expired: AtomicBool::new(false),
+            keep_alive_expiry_ms: AtomicU64::new(NEVER),
+            done: Signal::default(),
+        }
+    }
+
+    /// The keep-alive now expires at `at_ms` ([`NEVER`]: not at all).
+    fn keep_alive_until(&self, at_ms: u64) {
+        self.keep_alive_expiry_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Called by the sweeper: marks the keep-alive expired and wakes the connection.
+    fn check_keep_alive(&self, now_ms: u64) {
+        if now_ms >= self.keep_alive_expiry_ms.load(Ordering::Relaxed)
+            && !self.expired.swap(true, Ordering::SeqCst)
+        {
+            self.kick_waker.wake();
+        }
+    }
+
+    /// Ready (once) when the sweeper found the keep-alive expired; the task of `cx` is woken
+    /// when it does.
+    fn poll_expired(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.kick_waker.register(cx.waker());
+        if self.expired.swap(false, Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
     fn kick(&self) {
         self.kicked.store(true, Ordering::SeqCst);
         self.kick_waker.wake();
@@ -207,6 +257,12 @@ impl MqttContext {
             },
         }))
         .inspect(start_sys)
+        .inspect(start_keep_alive_sweeper)
+    }
+
+    /// Milliseconds since the context started: the clock of keep-alive expiries.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.stats.started.elapsed().as_millis()).unwrap_or(NEVER - 1)
     }
 
     /// The `$SYS/` topics and their values now.
@@ -270,6 +326,34 @@ impl MqttContext {
             }
             last.insert(topic, value);
         }
+    }
+}
+
+/// Starts the keep-alive sweeper (every [`KEEP_ALIVE_SWEEP`]); it stops when the context is
+/// dropped.
+fn start_keep_alive_sweeper(ctx: &Arc<MqttContext>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(ctx);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(ctx) = weak.upgrade() else {
+                return;
+            };
+            sweep_keep_alives(&ctx);
+        }
+    });
+}
+
+/// Wakes every open session whose keep-alive expired (they are all in the client registry).
+fn sweep_keep_alives(ctx: &MqttContext) {
+    let now_ms = ctx.now_ms();
+    for c in ctx.clients.lock().values() {
+        c.signals.check_keep_alive(now_ms);
     }
 }
 

@@ -253,7 +253,7 @@ impl Session {
             client_packet_max: None,
             problem_info: true,
             publisher: false,
-            signals: Arc::default(),
+            signals: Arc::new(Takeover::new()),
             registered: false,
         }
     }
