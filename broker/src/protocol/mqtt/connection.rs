@@ -13,7 +13,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -190,6 +190,8 @@ struct Connection<S> {
     /// Bytes handed to the stream since its last flush.
     unflushed: bool,
     blocked: bool,
+    /// The shutdown waiter was polled once (see [`Connection::poll_turn`]).
+    shutdown_registered: bool,
     shutdown_seen: bool,
     closing: bool,
 }
@@ -222,6 +224,7 @@ where
         waits: None,
         unflushed: false,
         blocked: false,
+        shutdown_registered: false,
         shutdown_seen: false,
         closing: false,
     };
@@ -321,12 +324,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
 
             // Sources that change the phase: handled alone, then the pass starts again.
-            if !self.shutdown_seen && shutdown.as_mut().poll(cx).is_ready() {
-                self.shutdown_seen = true;
-                s.on_shutdown();
-                continue;
+            s.signals.register(cx);
+            // The shutdown waiter is polled once to register it (with the signals as its
+            // waker), then again only when it woke us: polling it locks the token's waiter
+            // list, which every connection shares.
+            if !self.shutdown_seen && (!self.shutdown_registered || s.signals.take_shutdown_woken())
+            {
+                self.shutdown_registered = true;
+                let waker = Waker::from(s.signals.clone());
+                if shutdown
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+                {
+                    self.shutdown_seen = true;
+                    s.on_shutdown();
+                    continue;
+                }
             }
-            if s.phase == Phase::Open && s.signals.poll_kicked(cx).is_ready() {
+            if s.phase == Phase::Open && s.signals.kicked() {
                 s.on_taken_over();
                 continue;
             }
@@ -341,7 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::info!(peer = %s.peer, "no CONNECT in time");
                 return Poll::Ready(Turn::Close);
             }
-            if s.phase == Phase::Open && s.signals.poll_expired(cx).is_ready() {
+            if s.phase == Phase::Open && s.signals.take_expired() {
                 // The sweeper may have looked just before a read moved the expiry on.
                 if self.ctx.now_ms() >= self.keep_alive_expiry_ms {
                     tracing::info!(peer = %s.peer, client_id = %s.client_id, "keep-alive timeout, closing");

@@ -93,6 +93,11 @@ struct Takeover {
     kick_waker: AtomicWaker,
     /// Set by the keep-alive sweeper: nothing came from the client in time.
     expired: AtomicBool,
+    /// Set when the listeners' shutdown token woke this connection (this struct is the waker
+    /// the connection's shutdown waiter is registered with). The connection looks at this flag
+    /// each turn instead of polling the waiter, which would lock the token's waiter list, one
+    /// lock shared by every connection, every turn.
+    shutdown_woken: AtomicBool,
     /// When the keep-alive expires, in milliseconds since the context started ([`NEVER`]: no
     /// keep-alive, or suspended). Set by the connection as it reads, checked by
     /// [`sweep_keep_alives`]: one task for all connections instead of a timer in each (112
@@ -115,6 +120,7 @@ impl Takeover {
             kicked: AtomicBool::new(false),
             kick_waker: AtomicWaker::new(),
             expired: AtomicBool::new(false),
+            shutdown_woken: AtomicBool::new(false),
             keep_alive_expiry_ms: AtomicU64::new(NEVER),
             done: Signal::default(),
         }
@@ -134,15 +140,9 @@ impl Takeover {
         }
     }
 
-    /// Ready (once) when the sweeper found the keep-alive expired; the task of `cx` is woken
-    /// when it does.
-    fn poll_expired(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.kick_waker.register(cx.waker());
-        if self.expired.swap(false, Ordering::SeqCst) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
+    /// Whether the sweeper found the keep-alive expired since the last call.
+    fn take_expired(&self) -> bool {
+        self.expired.swap(false, Ordering::SeqCst)
     }
 
     fn kick(&self) {
@@ -150,16 +150,31 @@ impl Takeover {
         self.kick_waker.wake();
     }
 
-    /// Ready once kicked; otherwise the task of `cx` is woken by the kick.
-    fn poll_kicked(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if !self.kicked.load(Ordering::SeqCst) {
-            self.kick_waker.register(cx.waker());
-            // Looked at again after registering, so a kick in between is not missed.
-            if !self.kicked.load(Ordering::SeqCst) {
-                return std::task::Poll::Pending;
-            }
-        }
-        std::task::Poll::Ready(())
+    /// The task of `cx` is the one a kick, an expired keep-alive or the shutdown wakes. Called
+    /// before the flags are looked at, so that one set in between is not missed.
+    fn register(&self, cx: &std::task::Context<'_>) {
+        self.kick_waker.register(cx.waker());
+    }
+
+    fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the shutdown waiter woke us since the last call.
+    fn take_shutdown_woken(&self) -> bool {
+        self.shutdown_woken.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The waker of a connection's shutdown waiter: notes the wake-up, then wakes the task.
+impl std::task::Wake for Takeover {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shutdown_woken.store(true, Ordering::SeqCst);
+        self.kick_waker.wake();
     }
 }
 
