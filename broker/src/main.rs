@@ -142,19 +142,22 @@ fn listen<P: Service>(
     service: Arc<P>,
     tls: Option<Arc<Tls>>,
 ) {
-    listeners.serve(b, move |tcp, addr, token| {
-        let (service, tls) = (service.clone(), tls.clone());
-        async move {
-            match tls {
-                None => service.serve(tcp, Peer::from(addr), token).await,
-                Some(tls) => {
-                    if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
-                        service.serve(stream, peer, token).await;
-                    }
+    // Two handlers rather than one that branches: a connection's task is as big as its future,
+    // and one future that may also hold a TLS stream and a session over it is the size of both
+    // (a plain MQTT connection's was 3,856 bytes instead of 1,272).
+    match tls {
+        None => listeners.serve(b, move |tcp, addr, token| {
+            service.clone().serve(tcp, Peer::from(addr), token)
+        }),
+        Some(tls) => listeners.serve(b, move |tcp, addr, token| {
+            let (service, tls) = (service.clone(), tls.clone());
+            async move {
+                if let Some((stream, peer)) = tls.accept(tcp, addr, &token).await {
+                    service.serve(stream, peer, token).await;
                 }
             }
-        }
-    });
+        }),
+    }
 }
 
 /// The sessions a WebSocket connection can be handed to, by subprotocol.

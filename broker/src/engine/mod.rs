@@ -7,6 +7,7 @@
 pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod mailbox;
 pub mod message;
 pub mod queue;
 pub mod sns;
@@ -21,7 +22,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSettings};
@@ -111,7 +112,7 @@ impl ChannelCredit {
 pub struct ChannelHandle {
     pub conn: ConnectionId,
     pub channel: u16,
-    pub tx: mpsc::UnboundedSender<Outbound>,
+    pub tx: mailbox::MailboxSender<Outbound>,
     pub credit: Arc<ChannelCredit>,
 }
 
@@ -416,6 +417,11 @@ impl Engine {
     /// True while message memory is over the high-water mark: publishers must be blocked.
     pub fn memory_alarm(&self) -> watch::Receiver<bool> {
         self.shared.alarm.subscribe()
+    }
+
+    /// Whether the memory alarm is on now.
+    pub fn memory_alarm_on(&self) -> bool {
+        *self.shared.alarm.borrow()
     }
 
     /// Resolves once everything up to `lsn` is on disk. Lsn 0 is always durable.

@@ -1638,7 +1638,7 @@ mod tests {
         let (_d, engine) = open();
         let q = declare(&engine, "q");
         q.publish(&msg("a"), &mut None);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _rx) = crate::engine::mailbox::mailbox();
         let ch = ChannelHandle {
             conn: 7,
             channel: 1,

@@ -14,12 +14,12 @@ use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol_types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use codecs::amqp::{self as codec, Frame, Limits, ProtocolHeader};
-use tokio::sync::mpsc;
 
 use super::channel::{Channel, Gated};
 use super::errors::{code, AmqpError, AmqpResult};
 use super::mapping::short_lossy;
 use super::AmqpContext;
+use crate::engine::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, Engine, Outbound, User, Vhost,
 };
@@ -97,8 +97,8 @@ pub(super) struct Session {
     pub(super) heartbeat: u16,
     pub(super) channels: HashMap<u16, Channel>,
     /// Where queues send this connection's deliveries; every channel registers a clone.
-    pub(super) tx: mpsc::UnboundedSender<Outbound>,
-    pub(super) rx: mpsc::UnboundedReceiver<Outbound>,
+    pub(super) tx: MailboxSender<Outbound>,
+    pub(super) rx: Mailbox<Outbound>,
     /// The memory alarm is on: publishes wait.
     pub(super) alarm: bool,
     /// A basic.publish that arrived while the alarm was on; reading stops until it clears.
@@ -111,7 +111,7 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(ctx: Arc<AmqpContext>, peer: &Peer) -> Session {
         let engine = ctx.engine.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox();
         let limits = Limits {
             frame_bytes_max: ctx.config.frame_max_bytes,
         };

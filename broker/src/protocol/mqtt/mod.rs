@@ -4,16 +4,17 @@
 //! - `mapping.rs`: MQTT publishes <-> engine messages, and the topic-filter matcher;
 //! - `retained.rs`: retained messages, durable in the data directory;
 //! - `alias.rs`: the topic aliases we send to an MQTT 5 client;
-//! - `session_store.rs`: packet-id state of persistent sessions, durable in a journal.
+//! - `session_store.rs`: packet-id state of persistent sessions, durable in a journal;
+//! - `connection.rs`: the socket, timers, engine events, takeover and shutdown (`serve`).
 //!
 //! Model (docs/mapping/mqtt.md): a PUBLISH goes to `amq.topic` with the mapped routing key;
 //! each MQTT session has one engine queue, `mqtt-subscription-<client id>`, bound to
 //! `amq.topic` once per subscription, consumed with the client's Receive Maximum as prefetch.
 //!
-//! This file owns the socket: one `select!` over reads, writes, engine events, durability
-//! progress (PUBACK/PUBREC wait for the store), the keep-alive timer, takeover and shutdown.
+//! This file holds what every session shares ([`MqttContext`]) and the takeover signals.
 
 mod alias;
+mod connection;
 mod mapping;
 mod retained;
 mod session;
@@ -22,25 +23,22 @@ mod session_store;
 #[cfg(test)]
 mod tests;
 
+pub use connection::serve;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-use super::{alarm_changed, durable_changed, write_or_flush};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::Peer;
-
-use crate::engine::{ConnectionId, Engine, Outbound};
-use session::{Phase, Session};
+use crate::engine::{ConnectionId, Engine};
 
 /// MQTT listener settings (see config.rs for defaults and docs).
 #[derive(Debug, Clone)]
@@ -86,12 +84,98 @@ struct Connected {
 
 /// The takeover signals of a connection, in one allocation (two `CancellationToken`s were two
 /// tree nodes of about 120 bytes each, for every connection).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Takeover {
-    /// Fired to make the session close (session taken over).
-    kick: Signal,
+    /// Set to make the session close (session taken over).
+    kicked: AtomicBool,
+    /// The connection's task, woken by [`Takeover::kick`]: a waker slot rather than a waiter on
+    /// a `Notify`, which the task would have to keep (64 bytes) for its whole life.
+    kick_waker: AtomicWaker,
+    /// Set by the keep-alive sweeper: nothing came from the client in time.
+    expired: AtomicBool,
+    /// Set when the listeners' shutdown token woke this connection (this struct is the waker
+    /// the connection's shutdown waiter is registered with). The connection looks at this flag
+    /// each turn instead of polling the waiter, which would lock the token's waiter list, one
+    /// lock shared by every connection, every turn.
+    shutdown_woken: AtomicBool,
+    /// When the keep-alive expires, in milliseconds since the context started ([`NEVER`]: no
+    /// keep-alive, or suspended). Set by the connection as it reads, checked by
+    /// [`sweep_keep_alives`]: one task for all connections instead of a timer in each (112
+    /// bytes in every task).
+    keep_alive_expiry_ms: AtomicU64,
     /// Fired by the session once it has released everything.
     done: Signal,
+}
+
+/// No keep-alive expiry.
+const NEVER: u64 = u64::MAX;
+
+/// How often the keep-alive sweeper looks: a client is closed at most this long after 1.5
+/// times its keep-alive without a packet.
+const KEEP_ALIVE_SWEEP: StdDuration = StdDuration::from_millis(250);
+
+impl Takeover {
+    fn new() -> Takeover {
+        Takeover {
+            kicked: AtomicBool::new(false),
+            kick_waker: AtomicWaker::new(),
+            expired: AtomicBool::new(false),
+            shutdown_woken: AtomicBool::new(false),
+            keep_alive_expiry_ms: AtomicU64::new(NEVER),
+            done: Signal::default(),
+        }
+    }
+
+    /// The keep-alive now expires at `at_ms` ([`NEVER`]: not at all).
+    fn keep_alive_until(&self, at_ms: u64) {
+        self.keep_alive_expiry_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Called by the sweeper: marks the keep-alive expired and wakes the connection.
+    fn check_keep_alive(&self, now_ms: u64) {
+        if now_ms >= self.keep_alive_expiry_ms.load(Ordering::Relaxed)
+            && !self.expired.swap(true, Ordering::SeqCst)
+        {
+            self.kick_waker.wake();
+        }
+    }
+
+    /// Whether the sweeper found the keep-alive expired since the last call.
+    fn take_expired(&self) -> bool {
+        self.expired.swap(false, Ordering::SeqCst)
+    }
+
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::SeqCst);
+        self.kick_waker.wake();
+    }
+
+    /// The task of `cx` is the one a kick, an expired keep-alive or the shutdown wakes. Called
+    /// before the flags are looked at, so that one set in between is not missed.
+    fn register(&self, cx: &std::task::Context<'_>) {
+        self.kick_waker.register(cx.waker());
+    }
+
+    fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the shutdown waiter woke us since the last call.
+    fn take_shutdown_woken(&self) -> bool {
+        self.shutdown_woken.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The waker of a connection's shutdown waiter: notes the wake-up, then wakes the task.
+impl std::task::Wake for Takeover {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shutdown_woken.store(true, Ordering::SeqCst);
+        self.kick_waker.wake();
+    }
 }
 
 /// A one-shot signal: once fired, it stays fired.
@@ -188,6 +272,12 @@ impl MqttContext {
             },
         }))
         .inspect(start_sys)
+        .inspect(start_keep_alive_sweeper)
+    }
+
+    /// Milliseconds since the context started: the clock of keep-alive expiries.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.stats.started.elapsed().as_millis()).unwrap_or(NEVER - 1)
     }
 
     /// The `$SYS/` topics and their values now.
@@ -254,6 +344,34 @@ impl MqttContext {
     }
 }
 
+/// Starts the keep-alive sweeper (every [`KEEP_ALIVE_SWEEP`]); it stops when the context is
+/// dropped.
+fn start_keep_alive_sweeper(ctx: &Arc<MqttContext>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(ctx);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(ctx) = weak.upgrade() else {
+                return;
+            };
+            sweep_keep_alives(&ctx);
+        }
+    });
+}
+
+/// Wakes every open session whose keep-alive expired (they are all in the client registry).
+fn sweep_keep_alives(ctx: &MqttContext) {
+    let now_ms = ctx.now_ms();
+    for c in ctx.clients.lock().values() {
+        c.signals.check_keep_alive(now_ms);
+    }
+}
+
 /// Starts the `$SYS/` publisher (every `sys_interval_secs`, the first at once); it stops when
 /// the context is dropped.
 fn start_sys(ctx: &Arc<MqttContext>) {
@@ -277,230 +395,4 @@ fn start_sys(ctx: &Arc<MqttContext>) {
             ctx.publish_sys(&mut last);
         }
     });
-}
-
-/// A client must send CONNECT within this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Engine events handled in one go before the loop looks at the socket again.
-const OUTBOUND_BATCH: usize = 512;
-/// Output above which engine events wait (the socket is slow).
-const OUT_HIGH_WATER: usize = 1 << 20;
-/// Bounds of what one read asks for: small for an idle client (a PINGREQ is 2 bytes a
-/// minute), large for a busy publisher (big batches, few syscalls).
-const READ_MIN: usize = 64;
-const READ_MAX: usize = 64 * 1024;
-
-/// The read buffer, sized to the traffic: a read that fills what it was offered doubles the
-/// next offer (up to [`READ_MAX`]), one that uses less than a quarter halves it (down to
-/// [`READ_MIN`]). Drained, a buffer much bigger than the reads need is given back, so an idle
-/// connection waits with a [`READ_MIN`] buffer (it was 4 KiB whatever the traffic).
-struct ReadBuf {
-    buf: BytesMut,
-    /// What the next read is offered at least.
-    want: usize,
-    /// What the last read was offered.
-    offered: usize,
-}
-
-impl ReadBuf {
-    fn new() -> ReadBuf {
-        ReadBuf {
-            buf: BytesMut::new(),
-            want: READ_MIN,
-            offered: 0,
-        }
-    }
-
-    /// Room for the next read.
-    fn prepare(&mut self) {
-        if self.buf.capacity() - self.buf.len() < self.want {
-            self.buf.reserve(self.want);
-        }
-        self.offered = self.buf.capacity() - self.buf.len();
-    }
-
-    /// A read returned `n` bytes.
-    fn read(&mut self, n: usize) {
-        if n >= self.offered {
-            self.want = (self.want * 2).min(READ_MAX);
-        } else if n < self.want / 4 {
-            self.want = (self.want / 2).max(READ_MIN);
-        }
-    }
-
-    /// Everything readable was decoded: give a big buffer back once the reads are small.
-    fn drained(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 2 * self.want {
-            self.buf = BytesMut::new();
-        }
-    }
-}
-
-/// Serves one MQTT connection until the peer closes, a protocol error closes it, the session is
-/// taken over, or `shutdown` fires (MQTT 5 clients then get DISCONNECT 0x8B).
-pub async fn serve<S>(
-    stream: S,
-    peer: impl Into<Peer>,
-    ctx: Arc<MqttContext>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let engine = ctx.engine.clone();
-    let stats_ctx = ctx.clone();
-    let stats = &stats_ctx.stats;
-    let peer: Peer = peer.into();
-    let mut s = Session::new(ctx, &peer);
-    let peer = peer.addr;
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    // Bytes handed to the writer since its last flush.
-    let mut unflushed = false;
-    let mut rbuf = ReadBuf::new();
-    let mut durable = engine.subscribe_durable();
-    let mut journal = Some(stats_ctx.sessions.subscribe_durable());
-    // Memory alarm: a connection that has published is not read from while it is on (as
-    // RabbitMQ's MQTT plugin blocks publishers); its keep-alive is suspended meanwhile.
-    let mut alarm = Some(engine.memory_alarm());
-    let mut blocked = false;
-    let started = Instant::now();
-    let mut last_recv = started;
-    let mut shutdown_seen = false;
-    let mut close_deadline: Option<Instant> = None;
-    // One timer and one shutdown waiter for the connection's life: building them every turn
-    // would register and drop a timer entry and a waiter per batch.
-    let timer = tokio::time::sleep_until(started + CONNECT_TIMEOUT);
-    tokio::pin!(timer);
-    let shutdown = shutdown.cancelled_owned();
-    tokio::pin!(shutdown);
-
-    loop {
-        while let Some(connect) = s.on_bytes(&mut rbuf.buf) {
-            // Boxed: CONNECT happens once, and its future would otherwise make every
-            // connection's task bigger for its whole life.
-            Box::pin(s.on_connect(*connect)).await;
-        }
-        rbuf.drained();
-        drain_events(&mut s);
-        s.flush_gated(engine.durable_lsn(), stats_ctx.sessions.durable_seq());
-        if s.phase == Phase::Done {
-            if s.out.is_empty() {
-                break;
-            }
-            close_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
-        }
-        let alarm_on = alarm.as_ref().is_some_and(|a| *a.borrow());
-        let now_blocked = alarm_on && s.publisher && s.phase == Phase::Open;
-        if now_blocked != blocked {
-            tracing::info!(peer = %peer, client_id = %s.client_id, blocked = now_blocked, "memory alarm: MQTT publisher {}", if now_blocked { "blocked" } else { "unblocked" });
-            // The keep-alive starts again when reading resumes.
-            last_recv = Instant::now();
-            blocked = now_blocked;
-        }
-        let read_enabled = s.phase != Phase::Done && !blocked;
-        let events_enabled = s.out.len() < OUT_HIGH_WATER && s.phase == Phase::Open;
-        let (wants_durable, wants_journal) =
-            s.waits_for_durability(engine.durable_lsn(), stats_ctx.sessions.durable_seq());
-        let keep_alive = (s.phase == Phase::Open && s.keep_alive > 0 && !blocked)
-            .then(|| Duration::from_millis(u64::from(s.keep_alive) * 1500));
-        let mut deadline = Instant::now() + Duration::from_secs(3600);
-        if s.phase == Phase::Connecting {
-            deadline = deadline.min(started + CONNECT_TIMEOUT);
-        }
-        if let Some(k) = keep_alive {
-            deadline = deadline.min(last_recv + k);
-        }
-        if let Some(c) = close_deadline {
-            deadline = deadline.min(c);
-        }
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        let signals = s.signals.clone();
-        if read_enabled {
-            rbuf.prepare();
-        }
-
-        tokio::select! {
-            () = &mut shutdown, if !shutdown_seen => {
-                shutdown_seen = true;
-                s.on_shutdown();
-            }
-            () = signals.kick.fired(), if s.phase == Phase::Open => s.on_taken_over(),
-            r = reader.read_buf(&mut rbuf.buf), if read_enabled => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    rbuf.read(n);
-                    last_recv = Instant::now();
-                    count(&stats.bytes_received, n as u64);
-                }
-            },
-            // TLS and WebSocket streams may hold written bytes until flushed (a TCP flush is a
-            // no-op): once the output is written, flush.
-            r = write_or_flush(&mut writer, &mut s.out), if !s.out.is_empty() || unflushed => match r {
-                Ok(Some(0)) | Err(_) => break,
-                Ok(Some(n)) => {
-                    count(&stats.bytes_sent, n as u64);
-                    unflushed = true;
-                }
-                Ok(None) => unflushed = false,
-            },
-            Some(ev) = recv(&mut s.rx), if events_enabled => {
-                s.on_outbound(ev);
-                drain_events(&mut s);
-            }
-            // Boxed while enabled: a watch wait is 136 bytes, and the task would carry three of
-            // them for its whole life (select! holds every branch's future, enabled or not).
-            () = boxed(wants_durable.then(|| Box::pin(durable_changed(&mut durable)))), if wants_durable => {}
-            () = boxed(wants_journal.then(|| Box::pin(durable_changed(&mut journal)))), if wants_journal => {}
-            changed = boxed(s.publisher.then(|| Box::pin(alarm_changed(&mut alarm)))), if s.publisher => {
-                if !changed {
-                    alarm = None;
-                }
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                if close_deadline.is_some_and(|c| now >= c) {
-                    break;
-                }
-                if s.phase == Phase::Connecting && now >= started + CONNECT_TIMEOUT {
-                    tracing::info!(peer = %peer, "no CONNECT in time");
-                    break;
-                }
-                if keep_alive.is_some_and(|k| now >= last_recv + k) {
-                    tracing::info!(peer = %peer, client_id = %s.client_id, "keep-alive timeout, closing");
-                    s.on_keep_alive_timeout();
-                }
-            }
-        }
-    }
-    s.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-}
-
-fn drain_events(s: &mut Session) {
-    for _ in 0..OUTBOUND_BATCH {
-        if s.out.len() >= OUT_HIGH_WATER || s.phase != Phase::Open {
-            return;
-        }
-        match s.rx.as_mut().map(mpsc::UnboundedReceiver::try_recv) {
-            Some(Ok(ev)) => s.on_outbound(ev),
-            _ => return,
-        }
-    }
-}
-
-/// Awaits `f`, or never when there is none.
-async fn boxed<F: std::future::Future>(f: Option<std::pin::Pin<Box<F>>>) -> F::Output {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next engine event (never while the session has no engine channel).
-async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Outbound>>) -> Option<Outbound> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
 }

@@ -15,16 +15,16 @@ use codecs::mqtt::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use rand::Rng;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::alias::{AliasPlan, OutAliases};
 use super::mapping::{self, filter_matches, EXCHANGE};
 use super::session_store::{Op, SessionState};
 use super::{count, Connected, MqttContext, Takeover};
+use crate::engine::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
-    Engine, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
+    Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
 };
 use crate::net::Peer;
 use crate::store::Lsn;
@@ -67,6 +67,39 @@ impl Sub {
             no_local: options.no_local,
             rap: options.retain_as_published,
         }
+    }
+}
+
+/// The session's subscriptions by filter. A `Vec` rather than a `HashMap`: a delivery looks at
+/// every subscription anyway (filters match by wildcard, not by key), most sessions have one
+/// or a few, and an empty `HashMap` is 48 bytes in every connection's task (a `Vec` 24), one
+/// with a subscription a 180-byte table (a `Vec` 40 bytes).
+#[derive(Debug, Default)]
+struct Subs(Vec<(String, Sub)>);
+
+impl Subs {
+    fn insert(&mut self, filter: String, sub: Sub) -> Option<Sub> {
+        if let Some((_, old)) = self.0.iter_mut().find(|(f, _)| *f == filter) {
+            return Some(std::mem::replace(old, sub));
+        }
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(1);
+        }
+        self.0.push((filter, sub));
+        None
+    }
+
+    fn remove(&mut self, filter: &str) -> Option<Sub> {
+        let i = self.0.iter().position(|(f, _)| f == filter)?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Sub)> {
+        self.0.iter().map(|(f, s)| (f, s))
     }
 }
 
@@ -143,19 +176,18 @@ static NO_RARE: std::sync::LazyLock<Rare> = std::sync::LazyLock::new(Rare::defau
 
 pub(super) struct Session {
     ctx: Arc<MqttContext>,
-    engine: Arc<Engine>,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     /// The user a verified client certificate names, when the listener allows certificate login.
-    cert_login: Option<String>,
+    cert_login: Option<Box<str>>,
     conn_id: ConnectionId,
     codec: Codec,
     limits: Limits,
     pub(super) phase: Phase,
     pub(super) out: BytesMut,
-    /// Engine deliveries to this session; created when it first consumes (tokio allocates a
-    /// block of 32 slots with a channel, which a connection that never subscribes does not need).
-    pub(super) rx: Option<mpsc::UnboundedReceiver<Outbound>>,
-    channel: Option<(mpsc::UnboundedSender<Outbound>, Arc<ChannelCredit>)>,
+    /// Engine deliveries to this session; created when it first consumes (a connection that
+    /// never subscribes needs no channel).
+    pub(super) rx: Option<Mailbox<Outbound>>,
+    channel: Option<(MailboxSender<Outbound>, Arc<ChannelCredit>)>,
     /// The client's Receive Maximum: the prefetch of the session's consumers.
     receive_max: u16,
     pub(super) client_id: String,
@@ -166,13 +198,16 @@ pub(super) struct Session {
     /// The session outlives the connection (clean session 0, or MQTT 5 session expiry > 0).
     persistent: bool,
     session_expiry: u32,
-    subs: HashMap<String, Sub>,
+    subs: Subs,
     /// Boxed: most clients have none, and the session is part of every connection's task.
     will: Option<Box<Will>>,
     /// Publish the will when the connection ends (cleared by a normal DISCONNECT).
     will_armed: bool,
     next_pid: u16,
-    out_flight: HashMap<u16, OutFlight>,
+    /// Outbound QoS 1/2 messages awaiting PUBACK or PUBREC, by packet id; boxed on the first
+    /// (an empty map is 48 bytes in the task of every connection, most of which send none).
+    #[allow(clippy::box_collection)]
+    out_flight: Option<Box<HashMap<u16, OutFlight>>>,
     /// What most connections never use, allocated when first needed (see [`Rare`]).
     rare: Option<Box<Rare>>,
     client_packet_max: Option<u32>,
@@ -186,16 +221,14 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(ctx: Arc<MqttContext>, peer: &Peer) -> Session {
-        let engine = ctx.engine.clone();
         let limits = Limits {
             packet_bytes_max: ctx.config.packet_bytes_max,
         };
         Session {
-            conn_id: engine.next_connection_id(),
-            engine,
+            conn_id: ctx.engine.next_connection_id(),
             ctx,
             peer: peer.addr,
-            cert_login: peer.cert_login.clone(),
+            cert_login: peer.cert_login.as_deref().map(Box::from),
             codec: Codec::new(),
             limits,
             phase: Phase::Connecting,
@@ -211,18 +244,22 @@ impl Session {
             queue: None,
             persistent: false,
             session_expiry: 0,
-            subs: HashMap::new(),
+            subs: Subs::default(),
             will: None,
             will_armed: false,
             next_pid: 1,
-            out_flight: HashMap::new(),
+            out_flight: None,
             rare: None,
             client_packet_max: None,
             problem_info: true,
             publisher: false,
-            signals: Arc::default(),
+            signals: Arc::new(Takeover::new()),
             registered: false,
         }
+    }
+
+    fn take_out_flight(&mut self, packet_id: u16) -> Option<OutFlight> {
+        self.out_flight.as_mut()?.remove(&packet_id)
     }
 
     /// The rarely used state, read-only (empty when never allocated).
@@ -287,7 +324,7 @@ impl Session {
     }
 
     fn gate(&mut self, lsn: Lsn, jseq: u64, what: Gated) {
-        let ready = lsn <= self.engine.durable_lsn() && jseq <= self.ctx.sessions.durable_seq();
+        let ready = lsn <= self.ctx.engine.durable_lsn() && jseq <= self.ctx.sessions.durable_seq();
         if self.rare().gated.is_empty() && ready {
             self.run_gated(what);
         } else {
@@ -462,14 +499,14 @@ impl Session {
             // (RabbitMQ's mqtt.ssl_cert_login); explicit credentials are still checked as given.
             (None, _) if self.cert_login.is_some() => {
                 let name = self.cert_login.as_deref().unwrap_or_default();
-                self.engine.authenticate_certificate(name, self.peer)
+                self.ctx.engine.authenticate_certificate(name, self.peer)
             }
             (Some(name), _) => {
                 let pw = c.password.as_deref().unwrap_or_default();
                 let pw = String::from_utf8_lossy(pw);
-                self.engine.authenticate(name, &pw, self.peer)
+                self.ctx.engine.authenticate(name, &pw, self.peer)
             }
-            (None, Some(anon)) => self.engine.user(anon).ok_or(AuthError::BadCredentials),
+            (None, Some(anon)) => self.ctx.engine.user(anon).ok_or(AuthError::BadCredentials),
             (None, None) => Err(AuthError::BadCredentials),
         };
         let user = match user {
@@ -482,8 +519,8 @@ impl Session {
                 return self.connack_refuse(ReasonCode::NOT_AUTHORIZED);
             }
         };
-        let vhost = match self.engine.vhost(&cfg.vhost) {
-            Some(v) if self.engine.may_access(&user, &cfg.vhost) => v,
+        let vhost = match self.ctx.engine.vhost(&cfg.vhost) {
+            Some(v) if self.ctx.engine.may_access(&user, &cfg.vhost) => v,
             _ => return self.connack_refuse(ReasonCode::NOT_AUTHORIZED),
         };
         let mut assigned = None;
@@ -521,7 +558,7 @@ impl Session {
         self.registered = true;
         if let Some(old) = old {
             tracing::info!(peer = %self.peer, client_id = %client_id, "session taken over by a new connection");
-            old.signals.kick.fire();
+            old.signals.kick();
             let _ = tokio::time::timeout(Duration::from_secs(5), old.signals.done.fired()).await;
         }
         if let Some(will) = self.ctx.wills.lock().remove(&client_id) {
@@ -697,7 +734,7 @@ impl Session {
     /// The session's engine channel, created on first use.
     fn channel_handle(&mut self) -> ChannelHandle {
         let (tx, credit) = self.channel.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mailbox();
             self.rx = Some(rx);
             let credit = ChannelCredit::default();
             credit
@@ -777,12 +814,12 @@ impl Session {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                if let Some(f) = self.out_flight.remove(&a.packet_id) {
+                if let Some(f) = self.take_out_flight(a.packet_id) {
                     self.journal_out(&f, Op::Done(a.packet_id));
                     settle(f, Settle::Ack);
                 }
             }
-            Packet::PubRec(a) => match self.out_flight.remove(&a.packet_id) {
+            Packet::PubRec(a) => match self.take_out_flight(a.packet_id) {
                 Some(f) if !a.reason.is_error() => {
                     // The PUBREC is journalled before the message is settled and PUBREL sent:
                     // a crash in between resends the PUBLISH (same id, DUP), never loses it.
@@ -957,8 +994,16 @@ impl Session {
         }
     }
 
-    fn binding_args(filter: &str, sub: &Sub) -> Table {
+    /// The arguments of a subscription's binding. Only a persistent session reads its
+    /// subscriptions back from its bindings; a clean session's carry none (a table with an
+    /// entry is a 720-byte B-tree leaf per subscription), unless the binding key cannot tell the
+    /// filter apart: a literal `*` level maps to the same key as `+`, and the filter argument
+    /// keeps the two bindings distinct.
+    fn binding_args(&self, filter: &str, sub: &Sub) -> Table {
         let mut args = Table::new();
+        if !self.persistent && !filter.split('/').any(|level| level == "*") {
+            return args;
+        }
         args.insert(ARG_FILTER.into(), Value::long_string(filter));
         args.insert(ARG_QOS.into(), Value::U8(sub.qos as u8));
         if let Some(id) = sub.id {
@@ -981,7 +1026,7 @@ impl Session {
                 &self.queue_name(),
                 EXCHANGE,
                 &key,
-                Self::binding_args(filter, sub),
+                self.binding_args(filter, sub),
                 self.conn_id,
             );
         }
@@ -1015,15 +1060,11 @@ impl Session {
                 self.unbind(&sub.filter, old);
             }
             let key = filter_to_binding_key(&sub.filter);
-            let bound = self.vhost.as_ref().map(|v| {
-                v.bind_queue(
-                    &q.name,
-                    EXCHANGE,
-                    &key,
-                    Self::binding_args(&sub.filter, &new),
-                    self.conn_id,
-                )
-            });
+            let args = self.binding_args(&sub.filter, &new);
+            let bound = self
+                .vhost
+                .as_ref()
+                .map(|v| v.bind_queue(&q.name, EXCHANGE, &key, args, self.conn_id));
             if !matches!(bound, Some(Ok(()))) {
                 reasons.push(ReasonCode::UNSPECIFIED_ERROR);
                 continue;
@@ -1210,7 +1251,10 @@ impl Session {
         loop {
             let pid = self.next_pid;
             self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
-            if !self.out_flight.contains_key(&pid)
+            if !self
+                .out_flight
+                .as_ref()
+                .is_some_and(|m| m.contains_key(&pid))
                 && !self.rare().out_pubrel.contains(&pid)
                 && !self.rare().resend.values().any(|p| *p == pid)
             {
@@ -1324,7 +1368,9 @@ impl Session {
                     }
                     None => OutFlight::Retained,
                 };
-                self.out_flight.insert(p.packet_id, f);
+                self.out_flight
+                    .get_or_insert_with(Box::default)
+                    .insert(p.packet_id, f);
             } else if let Some((q, id)) = engine {
                 q.settle(&[id], Settle::Ack);
             }
@@ -1406,7 +1452,7 @@ impl Session {
         let mut best: Option<QoS> = None;
         let mut ids = Vec::new();
         let mut retain = false;
-        for (filter, sub) in &self.subs {
+        for (filter, sub) in self.subs.iter() {
             if filter_matches(filter, &topic) && !(own && sub.no_local) {
                 best = Some(best.map_or(sub.qos, |b| b.max(sub.qos)));
                 ids.extend(sub.id);
@@ -1532,7 +1578,7 @@ impl Session {
                 clients.remove(&self.client_id);
             }
         }
-        self.engine.connection_closed(self.conn_id);
+        self.ctx.engine.connection_closed(self.conn_id);
         self.signals.done.fire();
     }
 

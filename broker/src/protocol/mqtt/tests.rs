@@ -43,14 +43,14 @@ impl Broker {
     }
 
     fn connect_raw(&self) -> Client {
+        self.connect_raw_with(CancellationToken::new())
+    }
+
+    /// A connection whose session gets `shutdown` as its listeners' token.
+    fn connect_raw_with(&self, shutdown: CancellationToken) -> Client {
         let (client, server) = tokio::io::duplex(1 << 20);
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.ctx.clone(),
-            CancellationToken::new(),
-        ));
+        tokio::spawn(serve(server, peer, self.ctx.clone(), shutdown));
         Client {
             io: client,
             buf: BytesMut::new(),
@@ -524,4 +524,38 @@ async fn reconnect_resends_pubrel_then_publishes_with_their_ids_and_dup() {
     }
     assert_eq!(seen(&again), want);
     assert!(again[0].packet_id > 1);
+}
+
+/// One token shared by every connection, as the listeners give it: when it is cancelled, each
+/// MQTT 5 session sends DISCONNECT 0x8B (Server shutting down) and closes, connected or idle.
+#[tokio::test]
+async fn shutdown_token_closes_every_session_with_0x8b() {
+    let b = Broker::new();
+    let token = CancellationToken::new();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = b.connect_raw_with(token.clone());
+        c.send(&Packet::Connect(Box::new(connect(
+            Protocol::V5,
+            &format!("shut-{i}"),
+            true,
+        ))))
+        .await;
+        c.codec = Codec::with_protocol(Protocol::V5);
+        assert_eq!(connack_code(&c.recv().await.unwrap()), ReasonCode::SUCCESS);
+        clients.push(c);
+    }
+    // One of them busy with a subscription, the others idle.
+    assert!(matches!(
+        clients[0].subscribe("shut/t", QoS::AtLeastOnce).await,
+        Packet::SubAck(_)
+    ));
+    token.cancel();
+    for c in &mut clients {
+        match c.recv().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SERVER_SHUTTING_DOWN),
+            other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+        }
+        assert!(c.recv().await.is_none(), "closed after the DISCONNECT");
+    }
 }

@@ -87,6 +87,9 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Our own node of the listeners' token: the loop below waits on it anew every turn, and on
+    // the shared token every connection would take the same lock to do so.
+    let shutdown = shutdown.child_token();
     let engine = ctx.engine.clone();
     let peer: Peer = peer.into();
     let mut s = Session::new(ctx, &peer);

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use codecs::stomp::{self, Command, Frame, Item, Limits, Version};
-use tokio::sync::mpsc;
 
 use super::subscriptions::{Subscription, Unacked};
 use super::StompContext;
+use crate::engine::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::engine::{AuthError, ChannelCredit, ConnectionId, Engine, Outbound, Queue, User, Vhost};
 use crate::net::Peer;
 use crate::store::Lsn;
@@ -41,8 +41,8 @@ pub(super) struct Session {
     pub(super) phase: Phase,
     pub(super) version: Version,
     pub(super) out: BytesMut,
-    pub(super) rx: mpsc::UnboundedReceiver<Outbound>,
-    pub(super) tx: mpsc::UnboundedSender<Outbound>,
+    pub(super) rx: Mailbox<Outbound>,
+    pub(super) tx: MailboxSender<Outbound>,
     /// Shared by every subscription: prefetch is per consumer (ConsumerSpec::prefetch).
     pub(super) credit: Arc<ChannelCredit>,
     pub(super) user: Option<User>,
@@ -78,7 +78,7 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(ctx: Arc<StompContext>, peer: &Peer) -> Session {
         let engine = ctx.engine.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox();
         let conn_id = engine.next_connection_id();
         Session {
             limits: ctx.config.limits,
