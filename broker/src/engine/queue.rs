@@ -1445,8 +1445,8 @@ mod tests {
     //! Pull delivery with deadline leases (SQS): delays, long-poll wake-ups, redrive, and
     //! deleting by receipt.
     use super::*;
+    use crate::engine::mailbox::{mailbox, Mailbox};
     use crate::engine::{Engine, EngineConfig};
-    use tokio::sync::mpsc;
 
     fn open() -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
@@ -1487,8 +1487,8 @@ mod tests {
         Arc::new(m)
     }
 
-    fn channel(conn: ConnectionId) -> (ChannelHandle, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn channel(conn: ConnectionId) -> (ChannelHandle, Mailbox<Outbound>) {
+        let (tx, rx) = mailbox();
         let ch = ChannelHandle {
             conn,
             channel: 1,
@@ -1499,7 +1499,7 @@ mod tests {
     }
 
     /// What a consumer's channel has been pushed so far: (body, delivery id).
-    fn pushed(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(String, DeliveryId)> {
+    fn pushed(rx: &mut Mailbox<Outbound>) -> Vec<(String, DeliveryId)> {
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
             if let Outbound::Deliver { delivery, .. } = o {
