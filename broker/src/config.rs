@@ -182,6 +182,8 @@ section! {
         pub tls: TlsSection = TlsSection::default(),
         /// AWS API settings (the `[aws]` table).
         pub aws: AwsSection = AwsSection::default(),
+        /// SNS delivery to HTTP/HTTPS subscribers (the `[sns]` table).
+        pub sns: SnsSection = SnsSection::default(),
     }
 }
 
@@ -232,6 +234,29 @@ section! {
 }
 
 section! {
+    /// The `[sns]` table: delivery of SNS messages to HTTP/HTTPS subscriptions.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct SnsSection {
+        /// Where HTTP/HTTPS subscription endpoints may point: IP networks (`10.0.0.0/8`),
+        /// addresses, host names, `*.domain`, or `*` for anywhere. An endpoint lets whoever may
+        /// call Subscribe make the broker send requests to that address, internal services
+        /// included (server-side request forgery), so the default is this machine only. A host
+        /// name is allowed by name only, never through a network entry.
+        pub http_allow: Vec<String> = crate::aws::sns_http::allow::DEFAULT_ALLOW
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        /// CA certificates (PEM) trusted for `https` endpoints besides the system's; empty: the
+        /// system's only.
+        pub https_ca_file: PathBuf = PathBuf::new(),
+        /// How long one delivery attempt may take, connect to response, before it counts as
+        /// failed and is retried per the delivery policy (AWS waits 15 seconds).
+        pub http_timeout_secs: u64 = 15,
+    }
+}
+
+section! {
     /// The `[amqp]` table: limits offered in connection.tune and enforced by the sessions.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
@@ -259,7 +284,8 @@ section! {
         /// such a CONNECT is refused with 0x86 (3.1.x return code 4).
         pub anonymous_user: String = String::new(),
         /// Largest MQTT packet accepted, fixed header included; announced to MQTT 5 clients as
-        /// Maximum Packet Size. 16 MiB, RabbitMQ's default.
+        /// Maximum Packet Size. 16 MiB, RabbitMQ's default. Over WebSocket also the largest
+        /// message (a larger one is closed with 1009).
         pub packet_bytes_max: u32 = 16 << 20,
         /// Unacknowledged QoS 1/2 messages sent to a client that does not set MQTT 5's Receive
         /// Maximum (every 3.1.x client), and the Receive Maximum announced to MQTT 5 clients.
@@ -282,7 +308,9 @@ section! {
         /// User a CONNECT without `login` logs in as (RabbitMQ's `stomp.default_user`). Empty:
         /// such a CONNECT is refused with an ERROR frame.
         pub default_user: String = String::new(),
-        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`).
+        /// Largest frame accepted, command line to NUL (RabbitMQ's `stomp.max_frame_size`). Over
+        /// WebSocket also the largest message, plus 16 bytes for heart-beat EOLs (a larger one
+        /// is closed with 1009).
         pub frame_bytes_max: u64 = 4 << 20,
         /// Most headers in one frame (RabbitMQ's `stomp.max_headers`).
         pub header_count_max: u32 = 1000,
@@ -890,6 +918,12 @@ impl Config {
         if self.aws.region.is_empty() {
             errors.push("aws.region: must not be empty".to_string());
         }
+        if let Err(e) = crate::aws::sns_http::AllowList::parse(&self.sns.http_allow) {
+            errors.push(format!("sns.http_allow: {e}"));
+        }
+        if self.sns.http_timeout_secs == 0 {
+            errors.push("sns.http_timeout_secs: must be at least 1".to_string());
+        }
         if self.memory_high_watermark_bytes == 0 {
             errors.push("memory_high_watermark_bytes: must be above 0".to_string());
         }
@@ -1043,6 +1077,17 @@ impl Config {
         }
     }
 
+    /// The SNS HTTP/HTTPS delivery engine's part of the configuration (after [`Config::validate`]).
+    pub fn sns_http_config(&self) -> crate::aws::sns_http::SnsHttpConfig {
+        crate::aws::sns_http::SnsHttpConfig {
+            allow: crate::aws::sns_http::AllowList::parse(&self.sns.http_allow).unwrap_or_default(),
+            https_ca_file: (!self.sns.https_ca_file.as_os_str().is_empty())
+                .then(|| self.sns.https_ca_file.clone()),
+            timeout: std::time::Duration::from_secs(self.sns.http_timeout_secs),
+            fsync: self.fsync,
+        }
+    }
+
     /// The MQTT sessions' part of the configuration.
     pub fn mqtt_config(&self) -> MqttConfig {
         MqttConfig {
@@ -1077,6 +1122,14 @@ impl Config {
     /// How long a WebSocket client gets for the upgrade request.
     pub fn ws_handshake_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.tls.handshake_timeout_secs)
+    }
+
+    /// The largest WebSocket message each protocol takes: its own packet or frame limit.
+    pub fn ws_message_limits(&self) -> crate::net::ws::MessageLimits {
+        crate::net::ws::MessageLimits::new(
+            self.mqtt.packet_bytes_max as usize,
+            usize::try_from(self.stomp.frame_bytes_max).unwrap_or(usize::MAX),
+        )
     }
 
     /// The STOMP sessions' part of the configuration.
@@ -1142,6 +1195,7 @@ const SECTIONS: &[(&str, &[FieldDoc])] = &[
     ("stomp", StompSection::FIELDS),
     ("tls", TlsSection::FIELDS),
     ("aws", AwsSection::FIELDS),
+    ("sns", SnsSection::FIELDS),
 ];
 
 fn field_doc(key: &str) -> Option<&'static FieldDoc> {
@@ -1294,6 +1348,44 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         f.write_all(contents.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn sns_http_allow_list_defaults_to_this_machine_and_is_checked() {
+        let c = cfg(&[], &[]);
+        assert_eq!(c.sns.http_allow, ["localhost", "127.0.0.0/8", "::1/128"]);
+        let http = c.sns_http_config();
+        let ok = |u: &str| http.allow.check(&url::Url::parse(u).unwrap()).is_ok();
+        assert!(ok("http://127.0.0.1:8080/hook"));
+        assert!(ok("https://localhost/hook"));
+        assert!(!ok("http://10.0.0.1/hook"));
+        assert!(!ok("http://169.254.169.254/latest/meta-data"));
+        let c = cfg(
+            &[],
+            &[("WHARF_SNS__HTTP_ALLOW", "10.0.0.0/8,*.example.com")],
+        );
+        let http = c.sns_http_config();
+        let ok = |u: &str| http.allow.check(&url::Url::parse(u).unwrap()).is_ok();
+        assert!(ok("http://10.1.2.3/hook"));
+        assert!(ok("https://hooks.example.com/x"));
+        assert!(!ok("http://127.0.0.1/hook"));
+        let errors = invalid(
+            &[],
+            &[("WHARF_SNS__HTTP_ALLOW", "10.0.0.0/99,ok.example.com,a b")],
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("sns.http_allow: ")
+                && e.contains("10.0.0.0/99")
+                && e.contains("a b")),
+            "{errors:?}"
+        );
+        let errors = invalid(&[], &[("WHARF_SNS__HTTP_TIMEOUT_SECS", "0")]);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("sns.http_timeout_secs")),
+            "{errors:?}"
+        );
     }
 
     #[test]

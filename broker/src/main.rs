@@ -158,6 +158,7 @@ struct WsServices {
     mqtt: Arc<MqttContext>,
     stomp: Arc<StompContext>,
     handshake_timeout: Duration,
+    limits: ws::MessageLimits,
 }
 
 impl Service for WsServices {
@@ -168,7 +169,7 @@ impl Service for WsServices {
     {
         let accepted = tokio::select! {
             () = token.cancelled() => return,
-            r = ws::accept(stream, self.handshake_timeout) => r,
+            r = ws::accept(stream, self.handshake_timeout, self.limits) => r,
         };
         let (stream, protocol, subprotocol) = match accepted {
             Ok(a) => a,
@@ -252,6 +253,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         mqtt: mqtt_ctx.clone(),
         stomp: stomp_ctx.clone(),
         handshake_timeout: config.ws_handshake_timeout(),
+        limits: config.ws_message_limits(),
     });
     let tls = tls.map(Arc::new);
     for (b, is_tls) in bound {

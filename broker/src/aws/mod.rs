@@ -18,6 +18,7 @@ pub mod mapping;
 pub mod meta;
 pub mod sns;
 pub mod sns_fanout;
+pub mod sns_http;
 pub mod sns_meta;
 pub mod sqs;
 pub mod tasks;

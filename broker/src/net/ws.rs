@@ -73,6 +73,40 @@ pub fn protocol_for(name: &str) -> Option<WsProtocol> {
     }
 }
 
+/// Largest WebSocket message (and frame) accepted, per protocol: the protocol's own limit rather
+/// than tungstenite's defaults (64 MiB messages, 16 MiB frames), so that nothing larger than one
+/// packet or frame is buffered before the protocol could refuse it. A larger message closes the
+/// connection with 1009 (message too big, RFC 6455 7.4.1), even one that packs several smaller
+/// packets (MQTT-6.0.0-2 lets a client do that; none is known to send that much at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// MQTT: `mqtt.packet_bytes_max`.
+    pub mqtt_bytes_max: usize,
+    /// STOMP: `stomp.frame_bytes_max`, plus [`STOMP_EOL_HEADROOM_BYTES`].
+    pub stomp_bytes_max: usize,
+}
+
+/// Room for heart-beat EOLs (`\r\n`) a STOMP client sends in the same message as a frame of the
+/// largest size.
+pub const STOMP_EOL_HEADROOM_BYTES: usize = 16;
+
+impl MessageLimits {
+    /// From the protocols' limits; the STOMP one gets the EOL headroom.
+    pub fn new(mqtt_packet_bytes_max: usize, stomp_frame_bytes_max: usize) -> Self {
+        MessageLimits {
+            mqtt_bytes_max: mqtt_packet_bytes_max,
+            stomp_bytes_max: stomp_frame_bytes_max.saturating_add(STOMP_EOL_HEADROOM_BYTES),
+        }
+    }
+
+    fn for_protocol(self, protocol: WsProtocol) -> usize {
+        match protocol {
+            WsProtocol::Mqtt => self.mqtt_bytes_max,
+            WsProtocol::Stomp => self.stomp_bytes_max,
+        }
+    }
+}
+
 /// Why an upgrade was refused (the HTTP answer was sent already, when the peer was there to
 /// get it).
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +127,7 @@ pub enum WsRefused {
 pub async fn accept<S>(
     mut stream: S,
     timeout: Duration,
+    limits: MessageLimits,
 ) -> Result<(WsStream<S>, WsProtocol, String), WsRefused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -116,7 +151,11 @@ where
     stream.flush().await?;
     // Unbuffered writes: each write of the session goes out as one message at once (sessions
     // batch their own output).
-    let config = WebSocketConfig::default().write_buffer_size(0);
+    let message_bytes_max = limits.for_protocol(protocol);
+    let config = WebSocketConfig::default()
+        .write_buffer_size(0)
+        .max_message_size(Some(message_bytes_max))
+        .max_frame_size(Some(message_bytes_max));
     let ws = WebSocketStream::from_partially_read(stream, tail, Role::Server, Some(config)).await;
     Ok((WsStream::new(ws, protocol.text_allowed()), protocol, name))
 }
@@ -154,10 +193,24 @@ async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Request, Vec<u8>), WsRefused> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = match stream.read_buf(&mut buf).await {
+            Ok(n) => n,
+            // How much of the request came tells a client that never sent it (0 bytes) from one
+            // that stopped half-way.
+            Err(e) => {
+                return Err(WsRefused::Io(io::Error::new(
+                    e.kind(),
+                    format!("after {} bytes of the upgrade request: {e}", buf.len()),
+                )))
+            }
+        };
+        if read == 0 {
             return Err(WsRefused::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "connection closed during the upgrade request",
+                format!(
+                    "connection closed after {} bytes of the upgrade request",
+                    buf.len()
+                ),
             )));
         }
         let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
@@ -282,7 +335,8 @@ pub struct WsStream<S> {
     text_allowed: bool,
     eof: bool,
     /// The close code and reason shutdown sends, when reading found a reason to close (a text
-    /// message on a binary-only protocol: 1003); a plain close otherwise.
+    /// message on a binary-only protocol: 1003; a message over the limit: 1009); a plain close
+    /// otherwise.
     close_with: Option<CloseFrame>,
 }
 
@@ -344,6 +398,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
                 )) => this.eof = true,
+                // Refused from the frame header, before its payload is buffered.
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    this.close_with = Some(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: e.to_string().into(),
+                    });
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
             }
         }
@@ -398,6 +460,11 @@ mod tests {
     use super::*;
     use tokio::io::{duplex, DuplexStream};
 
+    const LIMITS: MessageLimits = MessageLimits {
+        mqtt_bytes_max: 1024,
+        stomp_bytes_max: 1024,
+    };
+
     fn upgrade(extra: &str) -> String {
         format!(
             "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -415,7 +482,7 @@ mod tests {
     ) {
         let (mut client, server) = duplex(64 * 1024);
         client.write_all(request.as_bytes()).await.unwrap();
-        let result = accept(server, Duration::from_secs(5)).await;
+        let result = accept(server, Duration::from_secs(5), LIMITS).await;
         let mut got = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_millis(200), client.read(&mut got))
             .await
@@ -518,6 +585,24 @@ mod tests {
         }
     }
 
+    /// A client that goes away mid-request: the error says how much of the request came (the
+    /// log line that tells "never sent" from "stopped half-way").
+    #[tokio::test]
+    async fn closed_mid_request_says_how_much_came() {
+        let (mut client, server) = duplex(1024);
+        client.write_all(b"GET /ws HTTP/1.1\r\nHost").await.unwrap();
+        drop(client);
+        let err = accept(server, Duration::from_secs(5), LIMITS)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("connection closed after 22 bytes of the upgrade request"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn oversized_request_is_refused() {
         let big = upgrade(&format!("X-Filler: {}\r\n", "a".repeat(REQUEST_BYTES_MAX)));
@@ -536,7 +621,9 @@ mod tests {
             .write_all(upgrade("Sec-WebSocket-Protocol: mqtt\r\n").as_bytes())
             .await
             .unwrap();
-        let (mut stream, _, _) = accept(server, Duration::from_secs(5)).await.unwrap();
+        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
+            .await
+            .unwrap();
         // The 101 answer, up to the blank line.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -571,6 +658,47 @@ mod tests {
         assert_eq!(stream.read(&mut got).await.unwrap(), 0);
     }
 
+    /// A message over the protocol's limit fails the read and the shutdown closes with 1009;
+    /// one at the limit passes.
+    #[tokio::test]
+    async fn oversized_message_is_closed_with_1009() {
+        use futures_util::{SinkExt, StreamExt};
+        let (mut client, server) = duplex(64 * 1024);
+        client
+            .write_all(upgrade("Sec-WebSocket-Protocol: v12.stomp\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(client.read_u8().await.unwrap());
+        }
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let mut got = vec![0u8; 4096];
+
+        ws.send(Message::binary(vec![b'a'; LIMITS.stomp_bytes_max]))
+            .await
+            .unwrap();
+        let mut n = 0;
+        while n < LIMITS.stomp_bytes_max {
+            n += stream.read(&mut got[..]).await.unwrap();
+        }
+        assert_eq!(n, LIMITS.stomp_bytes_max);
+
+        ws.send(Message::binary(vec![b'a'; LIMITS.stomp_bytes_max + 1]))
+            .await
+            .unwrap();
+        let err = stream.read(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        stream.shutdown().await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn shutdown_sends_a_close() {
         use futures_util::StreamExt;
@@ -579,7 +707,9 @@ mod tests {
             .write_all(upgrade("Sec-WebSocket-Protocol: mqtt\r\n").as_bytes())
             .await
             .unwrap();
-        let (mut stream, _, _) = accept(server, Duration::from_secs(5)).await.unwrap();
+        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
+            .await
+            .unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             head.push(client.read_u8().await.unwrap());

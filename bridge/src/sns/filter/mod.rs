@@ -64,10 +64,10 @@ impl FilterPolicyScope {
         match value {
             "MessageAttributes" => Ok(FilterPolicyScope::MessageAttributes),
             "MessageBody" => Ok(FilterPolicyScope::MessageBody),
-            _ => Err(FilterPolicyError::bare(
-                "FilterPolicyScope: Invalid filter policy scope, please specify either \
-                 MessageAttributes or MessageBody",
-            )),
+            other => Err(FilterPolicyError::bare(format!(
+                "FilterPolicyScope: Invalid value [{other}]. Please use either MessageBody or \
+                 MessageAttributes"
+            ))),
         }
     }
 

@@ -605,11 +605,10 @@ fn scope_attribute_values() {
         FilterPolicyScope::default(),
         FilterPolicyScope::MessageAttributes
     );
-    let err = FilterPolicyScope::parse("Body").unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("Invalid parameter: FilterPolicyScope: "),
-        "{err}"
+    assert_eq!(
+        FilterPolicyScope::parse("Body").unwrap_err().to_string(),
+        "Invalid parameter: FilterPolicyScope: Invalid value [Body]. Please use either \
+         MessageBody or MessageAttributes"
     );
     // The policy's scope picks what `matches` looks at.
     let policy =

@@ -9,7 +9,11 @@ use super::destination::Destination;
 use super::mapping;
 use super::session::Session;
 use super::subscriptions::{AckMode, Subscription};
-use crate::engine::{ConsumerSpec, Queue, QueueSettings, Table};
+use crate::engine::{ConsumerSpec, EngineError, Queue, QueueSettings, Table, Vhost};
+
+/// Most `/queue/` destinations a connection remembers as declared (the memory one connection
+/// may hold for it).
+const DECLARED_QUEUES_MAX: usize = 1024;
 
 impl Session {
     pub(super) fn on_send(&mut self, f: &Frame) {
@@ -50,15 +54,7 @@ impl Session {
                 None => return self.error("Cannot create temp queue", dest, Some(f)),
             },
             Destination::Queue(name) => {
-                // RabbitMQ declares /queue/ destinations on SEND too, so the first message
-                // is not lost when nobody has subscribed yet.
-                let settings = QueueSettings {
-                    durable: true,
-                    exclusive_owner: None,
-                    auto_delete: false,
-                    arguments: Table::new(),
-                };
-                if let Err(e) = vhost.declare_queue(name, settings, false, self.conn_id) {
+                if let Err(e) = self.declare_send_queue(&vhost, name) {
                     return self.error("Cannot declare queue", &e.text, Some(f));
                 }
                 parsed.publish_target()
@@ -88,6 +84,35 @@ impl Session {
                 self.error(message, &e.text, Some(f));
             }
         }
+    }
+
+    /// Declares the queue of a `/queue/<name>` SEND, once per connection while it exists.
+    /// RabbitMQ declares /queue/ destinations on SEND too, so that the first message is not
+    /// lost when nobody has subscribed yet.
+    fn declare_send_queue(&mut self, vhost: &Vhost, name: &str) -> Result<(), EngineError> {
+        if self
+            .declared_queues
+            .get(name)
+            .is_some_and(|q| !q.is_deleted())
+        {
+            return Ok(());
+        }
+        let settings = QueueSettings {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: Table::new(),
+        };
+        let (q, _, _) = vhost.declare_queue(name, settings, false, self.conn_id)?;
+        if self.declared_queues.len() >= DECLARED_QUEUES_MAX {
+            // A client sending to ever new queues: forget the deleted ones, and past the bound
+            // declare on every SEND as before rather than grow.
+            self.declared_queues.retain(|_, q| !q.is_deleted());
+        }
+        if self.declared_queues.len() < DECLARED_QUEUES_MAX {
+            self.declared_queues.insert(name.to_string(), q);
+        }
+        Ok(())
     }
 
     /// The private queue `/temp-queue/<name>` stands for on this connection, created and

@@ -57,6 +57,10 @@ pub(super) struct Session {
     pub(super) next_tag: u64,
     /// `/temp-queue/<name>` -> the private queue it stands for on this connection.
     pub(super) temp_queues: HashMap<String, Arc<Queue>>,
+    /// `/queue/<name>` destinations this connection has declared (SEND declares them), so
+    /// that a stream of SENDs declares once; an entry whose queue was deleted since is
+    /// declared again.
+    pub(super) declared_queues: HashMap<String, Arc<Queue>>,
     /// Open transactions: their SEND, ACK and NACK frames, in order, until COMMIT.
     transactions: HashMap<String, Vec<Frame>>,
     /// Receipts in order, each waiting for its Lsn to be durable.
@@ -97,6 +101,7 @@ impl Session {
             unacked: BTreeMap::new(),
             next_tag: 1,
             temp_queues: HashMap::new(),
+            declared_queues: HashMap::new(),
             transactions: HashMap::new(),
             gated: VecDeque::new(),
             send_every: None,

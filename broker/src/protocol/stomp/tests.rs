@@ -710,3 +710,28 @@ async fn slow_reader_leaves_messages_in_the_queue() {
     }
     assert_eq!(q.message_count(), 0);
 }
+
+/// SEND to /queue/x declares the queue once per connection; when the queue is deleted in
+/// between, the next SEND declares it again, so that message is queued rather than dropped as
+/// unroutable.
+#[tokio::test]
+async fn send_declares_its_queue_again_after_a_delete() {
+    let b = Broker::new();
+    let v = b.ctx.engine.vhost("/").unwrap();
+    let mut c = b.connect(Version::V1_2).await;
+    c.send_to("/queue/redeclared", "one").await;
+    c.send_to("/queue/redeclared", "two").await;
+    let first = v.queue("redeclared", 0).unwrap();
+    assert_eq!(first.message_count(), 2);
+
+    assert_eq!(v.delete_queue("redeclared", false, false, 0).unwrap(), 2);
+    assert!(v.queue("redeclared", 0).is_err());
+    c.send_to("/queue/redeclared", "three").await;
+    let again = v
+        .queue("redeclared", 0)
+        .expect("declared again by the SEND");
+    assert!(!Arc::ptr_eq(&first, &again));
+    assert_eq!(again.message_count(), 1);
+    c.subscribe("/queue/redeclared", "r", "auto").await;
+    assert_eq!(body(&c.message().await), "three");
+}
