@@ -40,7 +40,7 @@ class Post:
 
 
 class SnsSubscriber:
-    def __init__(self, host="127.0.0.1", confirm=True, statuses=()):
+    def __init__(self, host="127.0.0.1", confirm=True, statuses=(), port=0):
         self.confirm = confirm
         self.statuses = list(statuses)
         self.posts = []
@@ -65,7 +65,8 @@ class SnsSubscriber:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
+        # A fixed port: an endpoint that comes back where the broker's posts still go.
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self):
