@@ -821,6 +821,23 @@ def test_sns_publish_reaches_an_amqp_queue_bound_to_the_topic(broker, sns, tname
         conn.close()
 
 
+def test_copies_expire_with_the_queue_retention(broker, sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"MessageRetentionPeriod": "120"})
+    qname = qarn.rsplit(":", 1)[1]
+    sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)
+    sns.publish(TopicArn=arn, Message="short-lived")
+    conn = amqp(broker)
+    try:
+        method, props, body = conn.channel().basic_get(qname, auto_ack=True)
+        assert json.loads(body)["Message"] == "short-lived"
+        # The per-message TTL an SQS send to this queue gets (docs/mapping/sqs.md).
+        assert props.expiration == "120000"
+    finally:
+        conn.close()
+
+
 def test_amqp_publish_to_the_topic_reaches_sqs_subscribers(broker, sns, sqs, tname):
     arn = sns.create_topic(Name=tname)["TopicArn"]
     url, qarn = new_queue(sqs)

@@ -79,12 +79,14 @@ impl AwsContext {
         let sqs = sqs::SqsEngine::open(engine.clone(), data_dir)?;
         let sns =
             sns::SnsEngine::open(engine.clone(), data_dir, &config.account_id, &config.region)?;
-        Ok(Arc::new(AwsContext {
+        let ctx = Arc::new(AwsContext {
             engine,
             config,
             sqs,
             sns,
-        }))
+        });
+        ctx.sns.attach(Arc::downgrade(&ctx));
+        Ok(ctx)
     }
 }
 

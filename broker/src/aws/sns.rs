@@ -273,6 +273,11 @@ impl SnsEngine {
         *self.fanout.base_url.write() = url;
     }
 
+    /// Gives the fan-out hook the SQS side (queue retention).
+    pub fn attach(&self, ctx: std::sync::Weak<super::AwsContext>) {
+        self.fanout.attach(ctx);
+    }
+
     /// The certificate of the signing key, PEM (served at SigningCertURL).
     pub fn signing_certificate(&self) -> Result<String, String> {
         self.fanout

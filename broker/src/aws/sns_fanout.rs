@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bridge::sns::envelope::{self, EnvelopeAttribute, Notification};
 use bridge::sns::filter::{AttrValue, FilterPolicy, FilterPolicyError, FilterPolicyScope};
@@ -110,6 +110,8 @@ pub struct TopicFanout {
     /// HTTP/S delivery, once the broker started it (sns_delivery.rs); its key signs every
     /// envelope.
     pub(super) http: OnceLock<SnsHttp>,
+    /// The SQS side, for the retention of subscribed queues (set once the context exists).
+    context: OnceLock<Weak<super::AwsContext>>,
 }
 
 impl TopicFanout {
@@ -128,6 +130,7 @@ impl TopicFanout {
             signing_key: OnceLock::new(),
             policies: RwLock::new(HashMap::new()),
             http: OnceLock::new(),
+            context: OnceLock::new(),
         }
     }
 
@@ -148,6 +151,19 @@ impl TopicFanout {
         self.http
             .get()
             .map_or(SIGNING_CERT_PATH, |h| h.certificate_path())
+    }
+
+    pub fn attach(&self, ctx: Weak<super::AwsContext>) {
+        let _ = self.context.set(ctx);
+    }
+
+    /// The MessageRetentionPeriod of an SQS queue, ms.
+    fn retention_ms(&self, vhost: &str, queue: &str) -> Option<u64> {
+        self.context
+            .get()?
+            .upgrade()?
+            .sqs
+            .retention_ms(vhost, queue)
     }
 
     /// The broker's SNS signing key: read from the data directory, or made and written there
@@ -416,8 +432,14 @@ impl SnsFanout for TopicFanout {
             .user_properties
             .retain(|(k, _)| keep_header(k, !raw));
         if sqs {
-            // Each SQS copy is its own SQS message, with its own id.
+            // Each SQS copy is its own SQS message, with its own id, and expires with the
+            // queue's retention as a message sent to it would.
             m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
+            if let crate::engine::Destination::Queue(q) = &binding.destination {
+                if let Some(ms) = self.retention_ms(vhost, q) {
+                    m.properties.expiration = Some(ms.to_string());
+                }
+            }
         } else if let Some(id) = header(msg, HEADER_MESSAGE_ID) {
             m.properties.message_id = Some(id.to_string());
         }

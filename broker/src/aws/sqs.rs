@@ -105,6 +105,17 @@ impl SqsEngine {
         super::vhost_name(&ctx.account_id, &ctx.region)
     }
 
+    /// A queue's MessageRetentionPeriod in ms, which SNS copies carry as their TTL as
+    /// SendMessage's do; `None` when the queue does not exist.
+    pub fn retention_ms(&self, vhost: &str, queue: &str) -> Option<u64> {
+        let q = self.engine.vhost(vhost)?.queue(queue, SQS_CONN).ok()?;
+        let meta = self
+            .meta
+            .get(vhost, queue, q.id)
+            .unwrap_or_else(|| Self::default_meta(&q));
+        Some(u64::from(meta.config().retention_secs) * 1000)
+    }
+
     /// Meta for a queue without stored settings (declared over AMQP, or re-created).
     fn default_meta(q: &Queue) -> QueueMeta {
         QueueMeta::new(q.id, &QueueConfig::default(), now_ms() / 1000)
