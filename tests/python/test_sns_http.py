@@ -1,8 +1,8 @@
 """SNS delivery to HTTP subscribers against a real wharf: the subscriber (sns_http_subscriber.py)
 verifies every envelope's signature with the certificate at SigningCertURL and confirms by
 fetching SubscribeURL, as an application does. Confirmation through boto3 and the aws command
-line, raw delivery, filter policies, retries, the dead-letter queue, the allow-list, and posts
-that survive a SIGKILL of the broker."""
+line, raw delivery, filter policies, retries, the dead-letter queue, the allow-list, posts that
+survive a SIGKILL of the broker, and PublishBatch and AMQP publishes reaching the endpoint."""
 
 import json
 import os
@@ -13,13 +13,14 @@ import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 
+import pika
 import pytest
 from botocore.exceptions import ClientError
 
 from conftest import EXTERNAL_URL, WharfProcess
 from sns_http_subscriber import SnsSubscriber
 from sns_signature import verify_envelope
-from test_sns import REGION, SNS_NS, client, code, new_queue
+from test_sns import REGION, SNS_NS, VHOST, client, code, new_queue
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL_URL), reason="SNS tests need a wharf of their own")
 
@@ -279,3 +280,25 @@ def test_aws_cli_subscribe_http(broker, topic, tmp_path):
         assert json.loads(out.stdout)["SubscriptionArn"] == "pending confirmation"
         posts = sub.wait_for(lambda ps: any(p.confirm_status for p in ps))
         assert posts[0].verified is True and posts[0].path == "/cli"
+
+
+def test_publish_batch_and_amqp_publish_reach_the_endpoint(broker, sns, topic):
+    with SnsSubscriber() as sub:
+        subscribe_confirmed(sns, topic, sub)
+        out = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=[
+            {"Id": "a", "Message": "batch one"}, {"Id": "b", "Message": "batch two"}])
+        assert len(out["Successful"]) == 2
+        conn = pika.BlockingConnection(broker.params(virtual_host=VHOST))
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.basic_publish(topic.split(":")[-1], "", b"from amqp",
+                             pika.BasicProperties(headers={"colour": "green"}, delivery_mode=2))
+        finally:
+            conn.close()
+        posts = sub.wait_for(lambda ps: len(posts_of_list(ps, "Notification")) >= 3)
+        notes = posts_of_list(posts, "Notification")
+        assert sorted(p.envelope["Message"] for p in notes) == ["batch one", "batch two", "from amqp"]
+        assert all(p.verified is True for p in notes), [p.verified for p in notes]
+        [amqp] = [p for p in notes if p.envelope["Message"] == "from amqp"]
+        assert amqp.envelope["MessageAttributes"]["colour"]["Value"] == "green"
