@@ -153,6 +153,12 @@ impl TopicFanout {
         let Some(http) = self.http.get() else {
             return;
         };
+        // The delivery engine spawns a task per post; a publish from outside the runtime
+        // (none is known) would panic there, so it is logged and the post skipped instead.
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::error!(topic, "SNS HTTP: publish outside the runtime; post skipped");
+            return;
+        }
         let protocol = arg(args, ARG_PROTOCOL).unwrap_or("http");
         if is_pending(args) || !self.passes_filter(args, msg, protocol) {
             return;
