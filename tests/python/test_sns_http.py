@@ -98,6 +98,12 @@ def test_subscribe_url_answers_confirm_subscription_xml(broker, sns, topic):
         sub.wait_for(of_type("SubscriptionConfirmation"))
         [s] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
         assert s["SubscriptionArn"] == "PendingConfirmation"
+        # Subscribing again while pending: the same subscription, its confirmation sent again.
+        assert sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url())["SubscriptionArn"] == \
+            "pending confirmation"
+        posts = sub.wait_for(lambda ps: len(posts_of_list(ps, "SubscriptionConfirmation")) == 2)
+        assert len({p.envelope["Token"] for p in posts_of_list(posts, "SubscriptionConfirmation")}) == 1
+        assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 1
         assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["SubscriptionsPending"] == "1"
         # Unconfirmed: a publish does not reach it.
         sns.publish(TopicArn=topic, Message="too early")

@@ -111,6 +111,17 @@ impl SnsEngine {
         if let Some(b) = existing {
             let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
             let pending = sns_delivery::is_pending(&b.arguments);
+            if pending {
+                // As AWS: subscribing again while pending sends the confirmation again (the
+                // first may have been lost, or the endpoint was not ready for it).
+                self.post_confirmation(
+                    http,
+                    MessageType::SubscriptionConfirmation,
+                    &vhost.name,
+                    &topic.name,
+                    &b.arguments,
+                )?;
+            }
             return Ok(SnsResponse::SubscriptionArn(if pending && !return_arn {
                 PENDING_ARN.into()
             } else {
