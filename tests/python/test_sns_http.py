@@ -17,7 +17,7 @@ import pika
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import EXTERNAL_URL, WharfProcess
+from conftest import EXTERNAL_URL, WharfProcess, wharf_bin
 from sns_http_subscriber import SnsSubscriber
 from sns_signature import verify_envelope
 from test_sns import REGION, SNS_NS, VHOST, client, code, new_queue
@@ -308,3 +308,23 @@ def test_publish_batch_and_amqp_publish_reach_the_endpoint(broker, sns, topic):
         assert all(p.verified is True for p in notes), [p.verified for p in notes]
         [amqp] = [p for p in notes if p.envelope["Message"] == "from amqp"]
         assert amqp.envelope["MessageAttributes"]["colour"]["Value"] == "green"
+
+
+def test_https_endpoint_with_a_trusted_ca(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run([str(wharf_bin()), "certs", "--out", str(certs)], check=True, capture_output=True, timeout=60)
+    b = WharfProcess(tmp_path / "data", env={"WHARF_SNS__HTTPS_CA_FILE": str(certs / "ca.pem")}).start()
+    try:
+        sns = client(b, "sns")
+        topic = sns.create_topic(Name="secure")["TopicArn"]
+        with SnsSubscriber(tls=(str(certs / "server.pem"), str(certs / "server-key.pem"))) as sub:
+            assert sub.url().startswith("https://")
+            answer = sns.subscribe(TopicArn=topic, Protocol="https", Endpoint=sub.url("/tls"))
+            assert answer["SubscriptionArn"] == "pending confirmation"
+            sub.wait_for(lambda posts: any(p.confirm_status for p in posts))
+            sns.publish(TopicArn=topic, Message="over tls")
+            posts = sub.wait_for(of_type("Notification"))
+            [n] = posts_of_list(posts, "Notification")
+            assert n.verified is True and n.envelope["Message"] == "over tls"
+    finally:
+        b.stop_quietly()
