@@ -10,7 +10,8 @@
 //!   SubscribeURL (subscribers retry) answers with the same SubscriptionArn.
 //! - Posts are built here (envelope signed with the delivery engine's key, or the raw
 //!   message), with the subscription's effective DeliveryPolicy and its RedrivePolicy's
-//!   dead-letter queue, and stored by [`SnsHttp::enqueue`] before the Publish answers.
+//!   dead-letter queue, collected while the engine walks the topic's bindings and stored
+//!   with one fsync ([`SnsHttp::enqueue_all`]) before the Publish answers.
 //! - [`SqsDeadLetters`]: where posts go when their retries are spent.
 
 use std::sync::Arc;
@@ -150,9 +151,9 @@ impl TopicFanout {
     /// being published, so the post is on disk before the publisher's confirmation leaves
     /// (SNS Publish's 200, an AMQP confirm).
     pub(super) fn post_http(&self, vhost: &str, topic: &str, args: &Table, msg: &SharedMessage) {
-        let Some(http) = self.http.get() else {
+        if self.http.get().is_none() {
             return;
-        };
+        }
         // The delivery engine spawns a task per post; a publish from outside the runtime
         // (none is known) would panic there, so it is logged and the post skipped instead.
         if tokio::runtime::Handle::try_current().is_err() {
@@ -193,8 +194,28 @@ impl TopicFanout {
             ),
             dead_letter_arn: dead_letter_arn(arg(args, ARG_REDRIVE_POLICY)),
         };
-        let _ = enqueue(http, post);
+        PENDING_POSTS.with(|p| p.borrow_mut().push(post));
     }
+
+    /// Stores the posts `post_http` collected for one message with one fsync (the engine calls
+    /// this after the topic's bindings, before the publisher is answered).
+    pub(super) fn flush_http_posts(&self) {
+        let posts = PENDING_POSTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        if posts.is_empty() {
+            return;
+        }
+        if let Some(http) = self.http.get() {
+            if let Err(e) = http.enqueue_all(posts) {
+                tracing::error!(error = %e, "SNS HTTP: cannot store posts in the outbox");
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Posts of the message being fanned out on this thread, stored together by
+    /// [`TopicFanout::flush_http_posts`].
+    static PENDING_POSTS: std::cell::RefCell<Vec<HttpPost>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Posts whose retries are spent go to the SQS queue of the subscription's RedrivePolicy (same

@@ -446,6 +446,10 @@ impl SnsFanout for TopicFanout {
         Some(Arc::new(m))
     }
 
+    fn bindings_done(&self) {
+        self.flush_http_posts();
+    }
+
     fn validate_binding(&self, arguments: &Table) -> Result<(), String> {
         let text = |name: &str| match arguments.get(name) {
             None => Ok(None),
