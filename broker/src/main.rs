@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use wharf::aws::sns_delivery::SqsDeadLetters;
+use wharf::aws::sns_http::SnsHttp;
 use wharf::aws::AwsContext;
 use wharf::config::{self, Config, LoadError, Loaded, LISTENERS};
 use wharf::engine::Engine;
@@ -240,6 +242,19 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
     let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
+    // SNS delivery to HTTP/S subscribers; resumes the posts pending from before a restart.
+    let sns_http = SnsHttp::start(
+        &config.data_dir,
+        config.sns_http_config(),
+        Arc::new(SqsDeadLetters {
+            engine: engine.clone(),
+        }),
+        shutdown.clone(),
+    )?;
+    aws_ctx
+        .sns
+        .attach_http(sns_http.clone())
+        .map_err(anyhow::Error::msg)?;
     if let Some((b, _)) = bound.iter().find(|(b, _)| b.protocol() == "http") {
         // SNS envelopes name the broker (UnsubscribeURL): the address it answers on.
         let addr = b.local_addr();
@@ -298,6 +313,8 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
     drop(stomp_ctx);
     drop(ws_services);
     drop(aws_ctx);
+    // Delivery tasks stop at the cancelled token; what they had not delivered stays pending.
+    sns_http.closed().await;
     // Flushes and fsyncs the store; blocking, so off the async workers' way.
     tokio::task::block_in_place(|| engine.close());
     Ok(())

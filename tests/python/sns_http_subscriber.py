@@ -11,6 +11,7 @@ retry).
 """
 
 import json
+import ssl
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +41,7 @@ class Post:
 
 
 class SnsSubscriber:
-    def __init__(self, host="127.0.0.1", confirm=True, statuses=()):
+    def __init__(self, host="127.0.0.1", confirm=True, statuses=(), port=0, tls=None):
         self.confirm = confirm
         self.statuses = list(statuses)
         self.posts = []
@@ -65,7 +66,15 @@ class SnsSubscriber:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
+        # A fixed port: an endpoint that comes back where the broker's posts still go.
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        # tls=(certificate PEM path, key PEM path): an https endpoint.
+        self.scheme = "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -78,7 +87,7 @@ class SnsSubscriber:
 
     def url(self, path="/"):
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        return f"{self.scheme}://{host}:{port}{path}"
 
     def wait_for(self, predicate, timeout=10.0):
         """Blocks until predicate(posts) is true (or the timeout passes); returns the posts."""

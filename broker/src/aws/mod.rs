@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod meta;
 pub mod receive_attempts;
 pub mod sns;
+pub mod sns_delivery;
 pub mod sns_fanout;
 pub mod sns_http;
 pub mod sns_meta;
@@ -166,7 +167,7 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let request_id = uuid::Uuid::new_v4().to_string();
-    if parts.method == http::Method::GET && parts.uri.path() == sns_fanout::SIGNING_CERT_PATH {
+    if parts.method == http::Method::GET && parts.uri.path() == ctx.sns.certificate_path() {
         return signing_certificate(ctx);
     }
     let protocol = bridge::sqs::protocol_of(&parts);
@@ -186,6 +187,9 @@ async fn handle(
     if signed.is_none() && parts.method == http::Method::GET {
         if let Some(arn) = unsubscribe_link(&parts) {
             return unsubscribe_by_link(ctx, &parts, &arn, request_id).await;
+        }
+        if let Some((topic_arn, token)) = confirm_link(&parts) {
+            return confirm_by_link(ctx, &parts, topic_arn, token, request_id).await;
         }
     }
     let service = service_of(&parts, &body, signed.as_ref().map(|s| &s.scope));
@@ -290,6 +294,49 @@ async fn unsubscribe_by_link(
     use bridge::sns::SnsBackend as _;
     let resp = match ctx.sns.call(&rctx, request).await {
         Ok(r) => bridge::sns::success_response("Unsubscribe", &r, &rctx.request_id),
+        Err(e) => bridge::sns::error_response(&e, &rctx.request_id),
+    };
+    resp.map(Full::new)
+}
+
+/// The topic ARN and token of a SubscriptionConfirmation's SubscribeURL (`GET
+/// /?Action=ConfirmSubscription&TopicArn=...&Token=...`, unsigned), if this request is one.
+fn confirm_link(parts: &http::request::Parts) -> Option<(String, String)> {
+    let params = bridge::sqs::query_params(parts, &[]);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (get("Action").as_deref() == Some("ConfirmSubscription")).then_some(())?;
+    Some((get("TopicArn")?, get("Token")?))
+}
+
+/// Follows a SubscribeURL, as HTTP subscribers do. Unsigned, as on AWS: the token, which only
+/// the endpoint received, is the credential, and it can only confirm that one subscription.
+async fn confirm_by_link(
+    ctx: &AwsContext,
+    parts: &http::request::Parts,
+    topic_arn: String,
+    token: String,
+    request_id: String,
+) -> Response<Full<Bytes>> {
+    let topic = match bridge::sns::TopicArn::parse(&topic_arn, "TopicArn") {
+        Ok(t) => t,
+        Err(e) => return bridge::sns::error_response(&e, &request_id).map(Full::new),
+    };
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:4566");
+    let rctx = RequestContext {
+        account_id: topic.account.clone(),
+        region: topic.region.clone(),
+        base_url: format!("http://{host}"),
+        access_key_id: None,
+        request_id,
+    };
+    let request = bridge::sns::SnsRequest::ConfirmSubscription { topic_arn, token };
+    use bridge::sns::SnsBackend as _;
+    let resp = match ctx.sns.call(&rctx, request).await {
+        Ok(r) => bridge::sns::success_response("ConfirmSubscription", &r, &rctx.request_id),
         Err(e) => bridge::sns::error_response(&e, &rctx.request_id),
     };
     resp.map(Full::new)

@@ -27,9 +27,13 @@ use bridge::AwsError;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+mod http;
+
 use super::dedup::DedupStore;
 use super::mapping;
+use super::sns_delivery::{self, is_pending};
 use super::sns_fanout::*;
+use super::sns_http::policy::{SubscriptionDeliveryPolicy, TopicDeliveryPolicy};
 use super::sns_meta::{TopicMeta, TopicStore};
 use crate::engine::{
     Binding, Destination, Engine, Exchange, ExchangeKind, ExchangeSettings, Message, Table, Value,
@@ -115,7 +119,10 @@ fn check_topic_attribute(name: &str, v: &str, fifo: bool, creating: bool) -> Res
         "TracingConfig" => Err(invalid(format!(
             "Attributes Reason: TracingConfig: Invalid value [{v}]. Must be PassThrough or Active."
         ))),
-        "Policy" | "DeliveryPolicy" | "ArchivePolicy" | "DataProtectionPolicy" => {
+        "DeliveryPolicy" => TopicDeliveryPolicy::parse(v)
+            .map(|_| ())
+            .map_err(|e| AwsError::sns_invalid_parameter(e.to_string())),
+        "Policy" | "ArchivePolicy" | "DataProtectionPolicy" => {
             json_attr(name, v)
         }
         "DisplayName" if v.chars().count() <= 100 => Ok(()),
@@ -194,7 +201,9 @@ fn check_other_subscription_attribute(name: &str, v: &str) -> Result<(), AwsErro
                 )),
             }
         }
-        "DeliveryPolicy" => json_attr(name, v),
+        "DeliveryPolicy" => SubscriptionDeliveryPolicy::parse(v)
+            .map(|_| ())
+            .map_err(|e| AwsError::sns_invalid_parameter(e.to_string())),
         _ => Err(invalid("AttributeName")),
     }
 }
@@ -428,15 +437,20 @@ impl SnsEngine {
         let meta = self.topics.get(&vname, &topic.name);
         let arn = Self::topic_arn(ctx, &topic.name);
         let mut a = meta.attributes.clone();
-        let confirmed = topic.with_bindings(|bs| {
-            bs.iter()
-                .filter(|b| b.arguments.contains_key(ARG_SUBSCRIPTION_ARN))
-                .count()
+        let (confirmed, pending) = topic.with_bindings(|bs| {
+            let subscriptions = bs
+                .iter()
+                .filter(|b| b.arguments.contains_key(ARG_SUBSCRIPTION_ARN));
+            let pending = subscriptions.clone().filter(|b| is_pending(&b.arguments));
+            (
+                subscriptions.count() - pending.clone().count(),
+                pending.count(),
+            )
         });
         a.insert("TopicArn".into(), arn.clone());
         a.insert("Owner".into(), ctx.account_id.clone());
         a.insert("SubscriptionsConfirmed".into(), confirmed.to_string());
-        a.insert("SubscriptionsPending".into(), "0".into());
+        a.insert("SubscriptionsPending".into(), pending.to_string());
         a.insert("SubscriptionsDeleted".into(), "0".into());
         a.entry("DisplayName".into()).or_default();
         a.entry("Policy".into())
@@ -482,6 +496,7 @@ impl SnsEngine {
         protocol: &str,
         endpoint: Option<String>,
         attributes: BTreeMap<String, String>,
+        return_arn: bool,
     ) -> Result<SnsResponse, AwsError> {
         let (vhost, topic) = self.find_topic(ctx, topic_arn, "TopicArn")?;
         let endpoint = endpoint
@@ -490,17 +505,9 @@ impl SnsEngine {
         match protocol {
             "sqs" => {}
             "http" | "https" => {
-                let scheme_ok = endpoint
-                    .strip_prefix(protocol)
-                    .is_some_and(|r| r.starts_with("://") && r.len() > 3);
-                if !scheme_ok {
-                    return Err(invalid(format!(
-                        "Endpoint Reason: An {protocol} URL must start with {protocol}://"
-                    )));
-                }
-                return Err(invalid(format!(
-                    "Protocol Reason: {protocol} delivery is not available in this Wharf yet; subscribe an sqs queue instead"
-                )));
+                return self.subscribe_http(
+                    ctx, &vhost, &topic, topic_arn, protocol, endpoint, attributes, return_arn,
+                )
             }
             "email" | "email-json" | "sms" | "application" | "lambda" | "firehose" => {
                 return Err(invalid(format!(
@@ -615,7 +622,15 @@ impl SnsEngine {
             .flat_map(|t| {
                 t.with_bindings(|bs| {
                     bs.iter()
-                        .filter_map(|b| self.subscription_summary(ctx, t, b))
+                        .filter_map(|b| {
+                            let mut s = self.subscription_summary(ctx, t, b)?;
+                            // As AWS lists a subscription whose ARN the subscriber has not
+                            // confirmed yet.
+                            if is_pending(&b.arguments) {
+                                s.subscription_arn = "PendingConfirmation".into();
+                            }
+                            Some(s)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -643,7 +658,13 @@ impl SnsEngine {
             a.insert("Endpoint".into(), s.endpoint);
         }
         a.insert("ConfirmationWasAuthenticated".into(), "true".into());
-        a.insert("PendingConfirmation".into(), "false".into());
+        a.insert("PendingConfirmation".into(), is_pending(args).to_string());
+        if sns_delivery::is_http(arg_str(args, ARG_PROTOCOL).as_deref()) {
+            a.insert(
+                "EffectiveDeliveryPolicy".into(),
+                self.effective_delivery_policy(&f.vhost.name, &f.topic.name, args),
+            );
+        }
         a.insert(
             "RawMessageDelivery".into(),
             arg_str(args, ARG_RAW).unwrap_or_else(|| "false".into()),
@@ -952,18 +973,23 @@ impl SnsEngine {
                 protocol,
                 endpoint,
                 attributes,
-                ..
-            } => self.subscribe(ctx, &topic_arn, &protocol, endpoint, attributes),
+                return_subscription_arn,
+            } => self.subscribe(
+                ctx,
+                &topic_arn,
+                &protocol,
+                endpoint,
+                attributes,
+                return_subscription_arn,
+            ),
             R::ConfirmSubscription { topic_arn, token } => {
-                self.find_topic(ctx, &topic_arn, "TopicArn")?;
-                // Tokens are issued only to subscriptions awaiting confirmation (HTTP/S), and
-                // this Wharf has none: SQS subscriptions are confirmed when made.
-                Err(invalid(format!(
-                    "Token Reason: {token} is not a pending confirmation token"
-                )))
+                self.confirm_subscription(ctx, &topic_arn, &token)
             }
             R::Unsubscribe { subscription_arn } => {
                 let f = self.find_subscription(ctx, &subscription_arn)?;
+                if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref()) {
+                    return self.unsubscribe_http(&f);
+                }
                 let Destination::Queue(queue) = &f.binding.destination else {
                     return Err(no_subscription());
                 };

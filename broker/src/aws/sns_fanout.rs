@@ -26,6 +26,8 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use super::mapping;
+use super::sns_delivery;
+use super::sns_http::SnsHttp;
 use super::sns_meta::TopicStore;
 use crate::engine::{Binding, Message, SharedMessage, SnsFanout, Table, Value, GROUP_ID_HEADER};
 
@@ -105,6 +107,9 @@ pub struct TopicFanout {
     signing_key: OnceLock<Result<Arc<SigningKey>, String>>,
     /// Filter policies by (scope, JSON), parsed once.
     policies: RwLock<HashMap<(String, String), Arc<FilterPolicy>>>,
+    /// HTTP/S delivery, once the broker started it (sns_delivery.rs); its key signs every
+    /// envelope.
+    pub(super) http: OnceLock<SnsHttp>,
     /// The SQS side, for the retention of subscribed queues (set once the context exists).
     context: OnceLock<Weak<super::AwsContext>>,
 }
@@ -124,8 +129,28 @@ impl TopicFanout {
             data_dir: data_dir.to_path_buf(),
             signing_key: OnceLock::new(),
             policies: RwLock::new(HashMap::new()),
+            http: OnceLock::new(),
             context: OnceLock::new(),
         }
+    }
+
+    /// Hands HTTP/S subscriptions to `http` and signs every envelope (SQS ones too) with its
+    /// key, so that one certificate, at its path, verifies all of them.
+    pub fn attach_http(&self, http: SnsHttp) -> Result<(), String> {
+        let key = SigningKey::from_pem(http.signing_key().key_pem(), http.certificate_pem())
+            .map_err(|e| format!("SNS HTTP signing key: {e}"))?;
+        if self.signing_key.set(Ok(Arc::new(key))).is_err() {
+            return Err("SNS signing key already in use before HTTP delivery started".into());
+        }
+        let _ = self.http.set(http);
+        Ok(())
+    }
+
+    /// Where the HTTP listener serves the signing certificate.
+    pub fn certificate_path(&self) -> &str {
+        self.http
+            .get()
+            .map_or(SIGNING_CERT_PATH, |h| h.certificate_path())
     }
 
     pub fn attach(&self, ctx: Weak<super::AwsContext>) {
@@ -169,7 +194,7 @@ impl TopicFanout {
     }
 
     pub fn signing_cert_url(&self) -> String {
-        format!("{}{SIGNING_CERT_PATH}", self.base_url.read())
+        format!("{}{}", self.base_url.read(), self.certificate_path())
     }
 
     fn policy(&self, json: &str, scope: Option<&str>) -> Option<Arc<FilterPolicy>> {
@@ -189,7 +214,7 @@ impl TopicFanout {
     }
 
     /// Whether the binding's filter policy (if any) lets `msg` through.
-    fn passes_filter(&self, args: &Table, msg: &Message, protocol: &str) -> bool {
+    pub(super) fn passes_filter(&self, args: &Table, msg: &Message, protocol: &str) -> bool {
         let Some(json) = arg(args, ARG_FILTER_POLICY) else {
             return true;
         };
@@ -252,7 +277,7 @@ impl TopicFanout {
         )
     }
 
-    fn envelope(&self, vhost: &str, topic: &str, args: &Table, msg: &Message) -> String {
+    pub(super) fn envelope(&self, vhost: &str, topic: &str, args: &Table, msg: &Message) -> String {
         let protocol = arg(args, ARG_PROTOCOL).unwrap_or("default");
         let text = String::from_utf8_lossy(&msg.body);
         let structure = header(msg, HEADER_STRUCTURE) == Some("json");
@@ -372,6 +397,11 @@ impl SnsFanout for TopicFanout {
             None => !subscription,
         };
         let sqs = arg(args, ARG_PROTOCOL) == Some("sqs");
+        if sns_delivery::is_http(arg(args, ARG_PROTOCOL)) {
+            // Posted by the delivery engine, never routed through the (self-)binding.
+            self.post_http(vhost, exchange, args, msg);
+            return None;
+        }
         if !self.passes_filter(args, msg, arg(args, ARG_PROTOCOL).unwrap_or("default")) {
             return None;
         }
@@ -414,6 +444,10 @@ impl SnsFanout for TopicFanout {
             m.properties.message_id = Some(id.to_string());
         }
         Some(Arc::new(m))
+    }
+
+    fn bindings_done(&self) {
+        self.flush_http_posts();
     }
 
     fn validate_binding(&self, arguments: &Table) -> Result<(), String> {

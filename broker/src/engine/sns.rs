@@ -29,6 +29,11 @@ pub trait SnsFanout: Send + Sync + Debug {
         msg: &SharedMessage,
     ) -> Option<SharedMessage>;
 
+    /// Called after `message_for` has seen every binding of the topic for one message, before
+    /// the publish is answered: work `message_for` deferred (storing the posts of all HTTP
+    /// subscriptions with one fsync) is done here.
+    fn bindings_done(&self) {}
+
     /// Checks the arguments of a binding being added to a topic (filter policy...); the
     /// message is the reason given to the client.
     fn validate_binding(&self, arguments: &Table) -> Result<(), String>;

@@ -664,6 +664,10 @@ impl Vhost {
                 })
                 .collect()
         });
+        if let Some(h) = hook {
+            // Outside the bindings' lock: the hook may write to disk here.
+            h.bindings_done();
+        }
         // Each exchange binding routes from what was visited up to this topic: two bindings to
         // the same exchange (two keys into amq.topic) both deliver, and the topic itself stays
         // visited, so no path leads back into it.

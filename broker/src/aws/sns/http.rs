@@ -1,0 +1,230 @@
+//! HTTP/S subscriptions in the SNS API: Subscribe (pending, with a SubscriptionConfirmation
+//! post), ConfirmSubscription (by the API or by a GET of the SubscribeURL) and Unsubscribe (an
+//! UnsubscribeConfirmation post). How they are kept and delivered: super::super::sns_delivery.
+
+use bridge::sns::signature::{MessageType, SignatureVersion};
+use url::Url;
+
+use super::super::sns_delivery::{self, Confirmation, ARG_PENDING, ARG_TOKEN};
+use super::super::sns_http::SnsHttp;
+use super::*;
+
+/// What Subscribe answers for an HTTP/S subscription until it is confirmed (AWS's words),
+/// unless the caller asked for the ARN.
+const PENDING_ARN: &str = "pending confirmation";
+
+impl SnsEngine {
+    /// Enables HTTP/S subscriptions, delivered by `http`, whose key then signs every envelope.
+    pub fn attach_http(&self, http: SnsHttp) -> Result<(), String> {
+        self.fanout.attach_http(http)
+    }
+
+    /// Where the HTTP listener serves the signing certificate (SigningCertURL's path).
+    pub fn certificate_path(&self) -> &str {
+        self.fanout.certificate_path()
+    }
+
+    fn signature_version(&self, vhost: &str, topic: &str) -> SignatureVersion {
+        self.topics
+            .attribute(vhost, topic, "SignatureVersion")
+            .and_then(|v| SignatureVersion::parse(&v))
+            .unwrap_or(SignatureVersion::V1)
+    }
+
+    /// Stores a SubscriptionConfirmation or UnsubscribeConfirmation post for `args`'s
+    /// subscription.
+    fn post_confirmation(
+        &self,
+        http: &SnsHttp,
+        kind: MessageType,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> Result<(), AwsError> {
+        let key = self.fanout.signing_key().map_err(internal)?;
+        let topic_arn = self.fanout.topic_arn(vhost, topic);
+        let token = arg_str(args, ARG_TOKEN).unwrap_or_default();
+        let base = self.fanout.base_url.read().clone();
+        let topic_policy = self.topics.attribute(vhost, topic, "DeliveryPolicy");
+        let post = sns_delivery::confirmation_post(
+            &key,
+            Confirmation {
+                kind,
+                endpoint: &arg_str(args, ARG_ENDPOINT).unwrap_or_default(),
+                subscription_arn: &arg_str(args, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
+                topic_arn: &topic_arn,
+                token: &token,
+                subscribe_url: sns_delivery::subscribe_url(&base, &topic_arn, &token),
+                signing_cert_url: self.fanout.signing_cert_url(),
+                version: self.signature_version(vhost, topic),
+                delivery_policy: sns_delivery::effective_policy(
+                    topic_policy.as_deref(),
+                    arg_str(args, ARG_DELIVERY_POLICY).as_deref(),
+                ),
+            },
+        );
+        sns_delivery::enqueue(http, post).map_err(internal)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn subscribe_http(
+        &self,
+        ctx: &RequestContext,
+        vhost: &Vhost,
+        topic: &Exchange,
+        topic_arn: &str,
+        protocol: &str,
+        endpoint: String,
+        attributes: BTreeMap<String, String>,
+        return_arn: bool,
+    ) -> Result<SnsResponse, AwsError> {
+        let url = Url::parse(&endpoint)
+            .ok()
+            .filter(|u| u.scheme() == protocol && u.host_str().is_some_and(|h| !h.is_empty()))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Endpoint Reason: An {protocol} URL must start with {protocol}://"
+                ))
+            })?;
+        let http = self.fanout.http.get().ok_or_else(|| {
+            invalid(format!(
+                "Protocol Reason: {protocol} delivery is not running in this broker"
+            ))
+        })?;
+        // The allow-list: without it a subscriber could make the broker call any address.
+        http.check_endpoint(&url)
+            .map_err(|e| invalid(format!("Endpoint Reason: {e}")))?;
+        let policy = attributes.get("FilterPolicy").map(String::as_str);
+        let scope = attributes.get("FilterPolicyScope").map(String::as_str);
+        for (k, v) in &attributes {
+            check_subscription_attribute(k, v, policy, scope)
+                .map_err(FilterCheck::for_subscribe)?;
+        }
+        let existing = topic.with_bindings(|bs| {
+            bs.iter()
+                .find(|b| {
+                    arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                        && arg_str(&b.arguments, ARG_ENDPOINT).as_deref() == Some(&endpoint)
+                })
+                .cloned()
+        });
+        if let Some(b) = existing {
+            let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
+            let pending = sns_delivery::is_pending(&b.arguments);
+            if pending {
+                // As AWS: subscribing again while pending sends the confirmation again (the
+                // first may have been lost, or the endpoint was not ready for it).
+                self.post_confirmation(
+                    http,
+                    MessageType::SubscriptionConfirmation,
+                    &vhost.name,
+                    &topic.name,
+                    &b.arguments,
+                )?;
+            }
+            return Ok(SnsResponse::SubscriptionArn(if pending && !return_arn {
+                PENDING_ARN.into()
+            } else {
+                arn
+            }));
+        }
+        let arn = format!("{topic_arn}:{}", uuid::Uuid::new_v4());
+        let mut args = Table::new();
+        args.insert(ARG_SUBSCRIPTION_ARN.into(), Value::long_string(arn.clone()));
+        args.insert(ARG_PROTOCOL.into(), Value::long_string(protocol));
+        args.insert(ARG_ENDPOINT.into(), Value::long_string(endpoint));
+        args.insert(ARG_OWNER.into(), Value::long_string(ctx.account_id.clone()));
+        args.insert(
+            ARG_TOKEN.into(),
+            Value::long_string(sns_delivery::new_token()),
+        );
+        args.insert(ARG_PENDING.into(), Value::long_string("true"));
+        for (k, v) in attributes {
+            if let Some(arg) = subscription_arg(&k) {
+                args.insert(arg.into(), Value::long_string(v));
+            }
+        }
+        // Bound to the topic itself: durable with the topic, never routed (sns_delivery.rs).
+        vhost
+            .bind_exchange(&topic.name, &topic.name, "", args.clone())
+            .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
+        self.post_confirmation(
+            http,
+            MessageType::SubscriptionConfirmation,
+            &vhost.name,
+            &topic.name,
+            &args,
+        )?;
+        Ok(SnsResponse::SubscriptionArn(if return_arn {
+            arn
+        } else {
+            PENDING_ARN.into()
+        }))
+    }
+
+    /// ConfirmSubscription: the subscription holding `token` stops being pending. Confirming
+    /// again answers the same ARN, as subscribers may visit the SubscribeURL twice.
+    pub(super) fn confirm_subscription(
+        &self,
+        ctx: &RequestContext,
+        topic_arn: &str,
+        token: &str,
+    ) -> Result<SnsResponse, AwsError> {
+        let (vhost, topic) = self.find_topic(ctx, topic_arn, "TopicArn")?;
+        let found = topic.with_bindings(|bs| {
+            bs.iter()
+                .find(|b| arg_str(&b.arguments, ARG_TOKEN).as_deref() == Some(token))
+                .cloned()
+        });
+        let b = found.ok_or_else(|| invalid("Token"))?;
+        let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
+        if sns_delivery::is_pending(&b.arguments) {
+            let mut confirmed = b.clone();
+            confirmed.arguments.remove(ARG_PENDING);
+            vhost
+                .replace_binding(&topic.name, &b, confirmed)
+                .map_err(internal)?;
+        }
+        Ok(SnsResponse::SubscriptionArn(arn))
+    }
+
+    /// Unsubscribe of an HTTP/S subscription; a confirmed one is told by an
+    /// UnsubscribeConfirmation post.
+    pub(super) fn unsubscribe_http(&self, f: &FoundSubscription) -> Result<SnsResponse, AwsError> {
+        let args = &f.binding.arguments;
+        f.vhost
+            .unbind_exchange(
+                &f.topic.name,
+                &f.topic.name,
+                &f.binding.routing_key,
+                args.clone(),
+            )
+            .map_err(internal)?;
+        if let (false, Some(http)) = (sns_delivery::is_pending(args), self.fanout.http.get()) {
+            self.post_confirmation(
+                http,
+                MessageType::UnsubscribeConfirmation,
+                &f.vhost.name,
+                &f.topic.name,
+                args,
+            )?;
+        }
+        Ok(SnsResponse::Empty)
+    }
+
+    /// The subscription's EffectiveDeliveryPolicy (HTTP/S only): the topic's `http` part
+    /// layered with its own.
+    pub(super) fn effective_delivery_policy(
+        &self,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> String {
+        let topic_policy = self.topics.attribute(vhost, topic, "DeliveryPolicy");
+        sns_delivery::effective_policy(
+            topic_policy.as_deref(),
+            arg_str(args, ARG_DELIVERY_POLICY).as_deref(),
+        )
+        .to_json()
+    }
+}
