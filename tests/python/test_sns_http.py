@@ -189,6 +189,19 @@ def test_spent_retries_go_to_the_dead_letter_queue(sns, sqs, topic):
         assert arn
 
 
+def test_pending_subscriptions_page_without_losing_any(sns, topic):
+    # Every pending subscription lists as "PendingConfirmation": pages must not be cut on that.
+    with SnsSubscriber(confirm=False) as sub:
+        for i in range(120):
+            sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url(f"/pending/{i}"))
+        pages = list(sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic))
+        listed = [s for p in pages for s in p["Subscriptions"]]
+        assert len(pages) == 2
+        assert len(listed) == 120
+        assert {s["SubscriptionArn"] for s in listed} == {"PendingConfirmation"}
+        assert sorted(s["Endpoint"] for s in listed) == sorted(sub.url(f"/pending/{i}") for i in range(120))
+
+
 def test_bad_input(sns, topic):
     for protocol, endpoint in [("http", "https://127.0.0.1/x"), ("http", "not a url"), ("https", "http://127.0.0.1/")]:
         with pytest.raises(ClientError) as e:

@@ -617,26 +617,33 @@ impl SnsEngine {
         topics: Vec<Arc<Exchange>>,
         next_token: Option<String>,
     ) -> Result<SnsResponse, AwsError> {
-        let mut all: Vec<SubscriptionSummary> = topics
+        // Paged by the real ARN, masked after: pending subscriptions all list as
+        // "PendingConfirmation", which would make page boundaries ambiguous.
+        let mut all: Vec<(SubscriptionSummary, bool)> = topics
             .iter()
             .flat_map(|t| {
                 t.with_bindings(|bs| {
                     bs.iter()
                         .filter_map(|b| {
-                            let mut s = self.subscription_summary(ctx, t, b)?;
-                            // As AWS lists a subscription whose ARN the subscriber has not
-                            // confirmed yet.
-                            if is_pending(&b.arguments) {
-                                s.subscription_arn = "PendingConfirmation".into();
-                            }
-                            Some(s)
+                            let s = self.subscription_summary(ctx, t, b)?;
+                            Some((s, is_pending(&b.arguments)))
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        all.sort_by(|a, b| a.subscription_arn.cmp(&b.subscription_arn));
-        let (page, next) = paginate(&all, next_token, |s| s.subscription_arn.clone())?;
+        all.sort_by(|a, b| a.0.subscription_arn.cmp(&b.0.subscription_arn));
+        let (page, next) = paginate(&all, next_token, |s| s.0.subscription_arn.clone())?;
+        let page = page
+            .into_iter()
+            .map(|(mut s, pending)| {
+                // As AWS lists a subscription whose ARN the subscriber has not confirmed yet.
+                if pending {
+                    s.subscription_arn = "PendingConfirmation".into();
+                }
+                s
+            })
+            .collect();
         Ok(SnsResponse::Subscriptions {
             subscriptions: page,
             next_token: next,
