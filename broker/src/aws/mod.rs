@@ -231,15 +231,10 @@ async fn handle(
         access_key_id,
         ..
     } = caller;
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost:4566");
     let rctx = RequestContext {
         account_id,
         region,
-        base_url: format!("http://{host}"),
+        base_url: base_url(&parts),
         access_key_id,
         request_id: request_id.clone(),
     };
@@ -276,15 +271,10 @@ async fn unsubscribe_by_link(
         Ok(s) => s,
         Err(e) => return bridge::sns::error_response(&e, &request_id).map(Full::new),
     };
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost:4566");
     let rctx = RequestContext {
         account_id: sub.topic.account.clone(),
         region: sub.topic.region.clone(),
-        base_url: format!("http://{host}"),
+        base_url: base_url(parts),
         access_key_id: None,
         request_id,
     };
@@ -297,6 +287,17 @@ async fn unsubscribe_by_link(
         Err(e) => bridge::sns::error_response(&e, &rctx.request_id),
     };
     resp.map(Full::new)
+}
+
+/// The URL clients reach this listener at, from their Host header: queue URLs, SubscribeURL
+/// and UnsubscribeURL are built on it.
+fn base_url(parts: &http::request::Parts) -> String {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:4566");
+    format!("http://{host}")
 }
 
 /// The topic ARN and token of a SubscriptionConfirmation's SubscribeURL (`GET
@@ -321,15 +322,10 @@ async fn confirm_by_link(
         Ok(t) => t,
         Err(e) => return bridge::sns::error_response(&e, &request_id).map(Full::new),
     };
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost:4566");
     let rctx = RequestContext {
         account_id: topic.account.clone(),
         region: topic.region.clone(),
-        base_url: format!("http://{host}"),
+        base_url: base_url(parts),
         access_key_id: None,
         request_id,
     };
