@@ -465,6 +465,23 @@ mod tests {
         stomp_bytes_max: 1024,
     };
 
+    /// A server stream accepted with `extra` upgrade headers, and the client's WebSocket on the
+    /// other end, past the 101 answer.
+    async fn upgraded(extra: &str) -> (WsStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (mut client, server) = duplex(64 * 1024);
+        client.write_all(upgrade(extra).as_bytes()).await.unwrap();
+        let (stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
+            .await
+            .unwrap();
+        // The 101 answer, up to the blank line.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(client.read_u8().await.unwrap());
+        }
+        let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (stream, ws)
+    }
+
     fn upgrade(extra: &str) -> String {
         format!(
             "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -616,20 +633,7 @@ mod tests {
     #[tokio::test]
     async fn adapter_carries_bytes_both_ways() {
         use futures_util::{SinkExt, StreamExt};
-        let (mut client, server) = duplex(64 * 1024);
-        client
-            .write_all(upgrade("Sec-WebSocket-Protocol: mqtt\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
-            .await
-            .unwrap();
-        // The 101 answer, up to the blank line.
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(client.read_u8().await.unwrap());
-        }
-        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut stream, mut ws) = upgraded("Sec-WebSocket-Protocol: mqtt\r\n").await;
 
         ws.send(Message::binary(&b"hel"[..])).await.unwrap();
         ws.send(Message::Ping(Bytes::from_static(b"p")))
@@ -663,19 +667,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_message_is_closed_with_1009() {
         use futures_util::{SinkExt, StreamExt};
-        let (mut client, server) = duplex(64 * 1024);
-        client
-            .write_all(upgrade("Sec-WebSocket-Protocol: v12.stomp\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(client.read_u8().await.unwrap());
-        }
-        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut stream, mut ws) = upgraded("Sec-WebSocket-Protocol: v12.stomp\r\n").await;
         let mut got = vec![0u8; 4096];
 
         ws.send(Message::binary(vec![b'a'; LIMITS.stomp_bytes_max]))
@@ -702,19 +694,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_sends_a_close() {
         use futures_util::StreamExt;
-        let (mut client, server) = duplex(64 * 1024);
-        client
-            .write_all(upgrade("Sec-WebSocket-Protocol: mqtt\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (mut stream, _, _) = accept(server, Duration::from_secs(5), LIMITS)
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(client.read_u8().await.unwrap());
-        }
-        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut stream, mut ws) = upgraded("Sec-WebSocket-Protocol: mqtt\r\n").await;
         stream.shutdown().await.unwrap();
         assert!(matches!(
             ws.next().await.unwrap().unwrap(),
