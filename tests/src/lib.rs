@@ -52,6 +52,28 @@ pub fn wharf_bin() -> PathBuf {
     }
 }
 
+/// Whether the tests run against an external broker (`WHARF_TEST_AMQP_URL`); says so on stderr,
+/// for the tests that need a wharf of their own (TLS, WebSocket, restarts) and skip then.
+pub fn skip_for_external_broker() -> bool {
+    let set = std::env::var_os(EXTERNAL_URL_VAR).is_some_and(|v| !v.is_empty());
+    if set {
+        eprintln!("skipped: {EXTERNAL_URL_VAR} is set");
+    }
+    set
+}
+
+/// Makes the development CA, a server certificate and one certificate per `clients` name in
+/// `dir` with `wharf certs` (certs/README.md lists the files).
+pub fn make_dev_certs(dir: &Path, clients: &[&str]) {
+    let mut cmd = Command::new(wharf_bin());
+    cmd.args(["certs", "--out"]).arg(dir);
+    for c in clients {
+        cmd.args(["--client", c]);
+    }
+    let out = cmd.output().expect("run wharf certs");
+    assert!(out.status.success(), "wharf certs: {out:?}");
+}
+
 /// (protocol, port) of any `listening protocol=<protocol> addr=IP:PORT` log line.
 pub fn parse_any_listen_line(line: &str) -> Option<(String, u16)> {
     const KEY: &str = "listening protocol=";

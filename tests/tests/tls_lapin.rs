@@ -8,7 +8,6 @@
 //! Skipped with `WHARF_TEST_AMQP_URL` (an external broker has no TLS configured by us).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use lapin::options::{
@@ -18,27 +17,9 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::timeout;
-use wharf_tests::{wharf_bin, Broker, EXTERNAL_URL_VAR};
+use wharf_tests::{make_dev_certs, skip_for_external_broker, Broker};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn external_broker() -> bool {
-    let set = std::env::var_os(EXTERNAL_URL_VAR).is_some_and(|v| !v.is_empty());
-    if set {
-        eprintln!("skipped: {EXTERNAL_URL_VAR} is set");
-    }
-    set
-}
-
-fn make_certs(dir: &Path) {
-    let out = Command::new(wharf_bin())
-        .args(["certs", "--out"])
-        .arg(dir)
-        .args(["--client", "guest", "--client", "nobody"])
-        .output()
-        .expect("run wharf certs");
-    assert!(out.status.success(), "wharf certs: {out:?}");
-}
 
 /// A broker with TLS on: client certificates verified when presented (not required), and
 /// certificate login.
@@ -119,11 +100,11 @@ async fn round_trip(conn: &Connection, body: &[u8]) {
 
 #[tokio::test]
 async fn lapin_over_amqps_with_password() {
-    if external_broker() {
+    if skip_for_external_broker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    make_dev_certs(dir.path(), &["guest", "nobody"]);
     let broker = tls_broker(dir.path());
     let port = broker
         .port_of("amqps")
@@ -138,11 +119,11 @@ async fn lapin_over_amqps_with_password() {
 
 #[tokio::test]
 async fn lapin_external_login_with_a_client_certificate() {
-    if external_broker() {
+    if skip_for_external_broker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    make_dev_certs(dir.path(), &["guest", "nobody"]);
     let broker = tls_broker(dir.path());
     let port = broker
         .port_of("amqps")

@@ -4,7 +4,6 @@
 //! Skipped with `WHARF_TEST_AMQP_URL` (an external broker has no TLS configured by us).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,19 +11,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::timeout;
-use wharf_tests::{wharf_bin, Broker, EXTERNAL_URL_VAR};
+use wharf_tests::{make_dev_certs, skip_for_external_broker, Broker};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn make_certs(dir: &Path) {
-    let out = Command::new(wharf_bin())
-        .args(["certs", "--out"])
-        .arg(dir)
-        .args(["--client", "guest"])
-        .output()
-        .expect("run wharf certs");
-    assert!(out.status.success(), "wharf certs: {out:?}");
-}
 
 fn client_config(dir: &Path, with_cert: bool) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -75,12 +64,11 @@ async fn connect(
 
 #[tokio::test]
 async fn rumqttc_over_mqtts_with_certificate_login() {
-    if std::env::var_os(EXTERNAL_URL_VAR).is_some_and(|v| !v.is_empty()) {
-        eprintln!("skipped: {EXTERNAL_URL_VAR} is set");
+    if skip_for_external_broker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    make_dev_certs(dir.path(), &["guest"]);
     let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let (cert, key, ca) = (d("server.pem"), d("server-key.pem"), d("ca.pem"));
     let broker = Broker::start_with_env(&[

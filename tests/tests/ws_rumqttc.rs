@@ -4,7 +4,6 @@
 //! Skipped with `WHARF_TEST_AMQP_URL` (the URL names no WebSocket port).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +13,9 @@ use rumqttc::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::time::timeout;
-use wharf_tests::{wharf_bin, Broker, EXTERNAL_URL_VAR};
+use wharf_tests::{make_dev_certs, skip_for_external_broker, Broker};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn external_broker() -> bool {
-    let set = std::env::var_os(EXTERNAL_URL_VAR).is_some_and(|v| !v.is_empty());
-    if set {
-        eprintln!("skipped: {EXTERNAL_URL_VAR} is set");
-    }
-    set
-}
 
 /// Connects and returns the client and its event loop once the CONNACK came.
 async fn connect(opts: MqttOptions, broker: &Broker) -> (AsyncClient, EventLoop) {
@@ -97,7 +88,7 @@ async fn pass_message(
 
 #[tokio::test]
 async fn rumqttc_over_websocket_both_ways() {
-    if external_broker() {
+    if skip_for_external_broker() {
         return;
     }
     let broker = Broker::start();
@@ -134,16 +125,11 @@ async fn rumqttc_over_websocket_both_ways() {
 
 #[tokio::test]
 async fn rumqttc_over_wss() {
-    if external_broker() {
+    if skip_for_external_broker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(wharf_bin())
-        .args(["certs", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("run wharf certs");
-    assert!(out.status.success(), "wharf certs: {out:?}");
+    make_dev_certs(dir.path(), &[]);
     let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let (cert, key) = (d("server.pem"), d("server-key.pem"));
     let broker = Broker::start_with_env(&[
