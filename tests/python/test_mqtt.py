@@ -1180,6 +1180,47 @@ def test_inflight_resent_with_original_packet_ids_and_dup(own_broker, version, h
 
 
 @pytest.mark.restart
+@pytest.mark.parametrize("version,how", [(4, "reconnect"), (5, "reconnect"), (5, "kill"), (4, "kill")])
+def test_retained_sent_on_subscribe_resent_with_original_packet_id(own_broker, version, how):
+    """MQTT-4.4.0-1 holds for retained messages sent on SUBSCRIBE too: a persistent session that
+    did not acknowledge one gets it again with the same packet id, DUP and RETAIN set."""
+    b = own_broker
+    topic = f"rr/{cid('t')}"
+    pub = Mq(b, proto=V5)
+    pub.connect()
+    pub.publish(topic, b"kept", 1, retain=True)
+    pub.close()
+    ident = cid("rresend")
+    r = persistent_raw(b, ident, version, clean=True)
+    r.subscribe(topic, 1)
+    (m,) = r.publishes(1)
+    assert (m["payload"], m["qos"], m["retain"], m["dup"]) == (b"kept", 1, True, False)
+    # A QoS 1 PUBLISH does not wait for its journal record (docs/mapping/mqtt.md); a PUBREC
+    # does, and the journal commits in order: once it came, the copy's packet id is on disk.
+    r.publish_packet(f"{topic}/barrier", b"b", 2, pid=900)
+    assert next_packets(r, 1) == [(5, 900)]
+    r.drop()  # no PUBACK
+    if how == "kill":
+        b.restart(kill=True)
+    else:
+        time.sleep(0.2)
+    r = persistent_raw(b, ident, version)
+    assert r.session_present
+    (again,) = r.publishes(1)
+    assert (again["payload"], again["pid"], again["dup"], again["retain"], again["qos"]) == (
+        b"kept", m["pid"], True, True, 1)
+    if version == 5:
+        assert again["props"]["user"] == [], "no broker-internal header leaks as a user property"
+    r.ack(4, again["pid"])
+    assert r.recv(timeout=0.7) is None, "nothing else is sent"
+    r.close()
+    # Acknowledged: the next reconnect sends nothing.
+    r = persistent_raw(b, ident, version)
+    assert r.recv(timeout=0.7) is None
+    r.close()
+
+
+@pytest.mark.restart
 @pytest.mark.parametrize("version,kill", [(4, False), (4, True), (5, True)])
 def test_qos2_inbound_exactly_once_across_restart(own_broker, version, kill):
     b = own_broker

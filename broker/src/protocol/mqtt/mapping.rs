@@ -23,6 +23,11 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const CLIENT_ID_HEADER: &str = "x-mqtt-client-id";
 /// Header set (to 1) on messages published with the RETAIN flag (for Retain As Published).
 pub const RETAIN_HEADER: &str = "x-mqtt-retain";
+/// Header on a retained message queued at SUBSCRIBE in a persistent session's own queue: the
+/// filter of the subscription it is for. Such a copy is delivered with RETAIN set, for that
+/// subscription only, and (being in the durable queue) sent again with its packet id after a
+/// reconnect as every other unacknowledged delivery is (MQTT-4.4.0-1).
+pub const RETAINED_FOR_HEADER: &str = "x-mqtt-retained-for";
 /// Header carrying when a message with a Message Expiry Interval was published (milliseconds
 /// since the Unix epoch), so that deliveries send the interval left (MQTT-3.3.2-6).
 pub const PUBLISHED_AT_HEADER: &str = "x-mqtt-published-at";
@@ -86,6 +91,19 @@ pub fn published_retained(msg: &Message) -> bool {
     header(msg, RETAIN_HEADER)
         .and_then(Value::as_i64)
         .is_some_and(|v| v == 1)
+}
+
+/// A copy of the retained `msg` to queue for the subscription `filter` ([`RETAINED_FOR_HEADER`]).
+pub fn retained_for(msg: &Message, filter: &str) -> Message {
+    let mut copy = msg.clone();
+    let headers = copy.properties.headers.get_or_insert_with(Table::new);
+    headers.insert(RETAINED_FOR_HEADER.into(), Value::long_string(filter));
+    copy
+}
+
+/// The subscription filter a queued retained copy is for, if `msg` is one.
+pub fn retained_filter(msg: &Message) -> Option<&str> {
+    header(msg, RETAINED_FOR_HEADER).and_then(Value::as_str)
 }
 
 /// Whether an MQTT topic filter matches a topic name, with MQTT's `$` rule: a filter starting
@@ -207,7 +225,8 @@ pub fn to_properties(msg: &Message) -> PublishProperties {
     if let Some(headers) = &p.headers {
         for (k, v) in headers {
             match k.as_str() {
-                QOS_HEADER | CLIENT_ID_HEADER | RETAIN_HEADER | PUBLISHED_AT_HEADER => {}
+                QOS_HEADER | CLIENT_ID_HEADER | RETAIN_HEADER | PUBLISHED_AT_HEADER
+                | RETAINED_FOR_HEADER => {}
                 PAYLOAD_FORMAT_HEADER => out.payload_format_utf8 = v.as_i64().map(|x| x == 1),
                 REPLY_TO_TOPIC_HEADER => {
                     out.response_topic = v

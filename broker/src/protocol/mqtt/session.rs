@@ -24,7 +24,7 @@ use super::{count, Connected, MqttContext, Takeover};
 use crate::engine::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::engine::{
     AuthError, ChannelCredit, ChannelHandle, ConnectionId, ConsumerSpec, Delivery, DeliveryId,
-    Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
+    Enqueued, Outbound, Queue, QueueSettings, Settle, Table, Value, Vhost,
 };
 use crate::net::Peer;
 use crate::store::Lsn;
@@ -94,6 +94,10 @@ impl Subs {
         Some(self.0.remove(i).1)
     }
 
+    fn get(&self, filter: &str) -> Option<&Sub> {
+        self.0.iter().find(|(f, _)| f == filter).map(|(_, s)| s)
+    }
+
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -159,7 +163,10 @@ struct Rare {
     gated: VecDeque<(Lsn, u64, Gated)>,
     /// Outbound PUBLISHes in order, waiting for the session journal (QoS 2 on a persistent
     /// session: its packet id must survive a crash before the client sees it).
-    gated_out: VecDeque<(u64, Packet)>,
+    gated_out: VecDeque<(Lsn, u64, Packet)>,
+    /// The store position of the last retained copy queued at SUBSCRIBE: a copy is sent only
+    /// once it is durable, so that a crash cannot lose one the client has not acknowledged.
+    retained_lsn: Lsn,
     /// After a reconnect: messages (by store id) sent before and not acknowledged, to be sent
     /// again with their packet id and DUP when the queue redelivers them (MQTT-4.4.0-1).
     resend: HashMap<u64, u16>,
@@ -339,12 +346,16 @@ impl Session {
         }
     }
 
-    /// Sends an outbound PUBLISH once `jseq` is durable, after every earlier PUBLISH.
-    fn send_publish(&mut self, jseq: u64, packet: Packet) {
-        if self.rare().gated_out.is_empty() && jseq <= self.ctx.sessions.durable_seq() {
+    /// Sends an outbound PUBLISH once `lsn` (message store) and `jseq` (session journal) are
+    /// durable, after every earlier PUBLISH.
+    fn send_publish(&mut self, lsn: Lsn, jseq: u64, packet: Packet) {
+        if self.rare().gated_out.is_empty()
+            && lsn <= self.ctx.engine.durable_lsn()
+            && jseq <= self.ctx.sessions.durable_seq()
+        {
             self.send(&packet);
         } else {
-            self.rare_mut().gated_out.push_back((jseq, packet));
+            self.rare_mut().gated_out.push_back((lsn, jseq, packet));
         }
     }
 
@@ -363,9 +374,9 @@ impl Session {
             .rare()
             .gated_out
             .front()
-            .is_some_and(|(j, _)| *j <= journal)
+            .is_some_and(|(lsn, j, _)| *lsn <= durable && *j <= journal)
         {
-            if let Some((_, p)) = self.rare_mut().gated_out.pop_front() {
+            if let Some((_, _, p)) = self.rare_mut().gated_out.pop_front() {
                 self.send(&p);
             }
         }
@@ -379,7 +390,10 @@ impl Session {
             store = *lsn > durable;
             jrnl = !store && *j > journal;
         }
-        jrnl |= rare.gated_out.front().is_some_and(|(j, _)| *j > journal);
+        if let Some((lsn, j, _)) = rare.gated_out.front() {
+            store |= *lsn > durable;
+            jrnl |= *lsn <= durable && *j > journal;
+        }
         (store, jrnl)
     }
 
@@ -1103,6 +1117,19 @@ impl Session {
         for (filter, sub) in retained {
             for (topic, msg) in self.ctx.retained.matching(&filter) {
                 let qos = sub.qos.min(mapping::message_qos(&msg));
+                if qos != QoS::AtMostOnce && self.persistent {
+                    if let Some(q) = self.queue.clone() {
+                        // Through the session's durable queue, behind the SUBACK: a copy not
+                        // acknowledged before a reconnect (or a restart) is sent again with its
+                        // packet id, as live deliveries are (MQTT-4.4.0-1).
+                        let copy = Arc::new(mapping::retained_for(&msg, &filter));
+                        if let Enqueued::Accepted { lsn } = q.publish(&copy, &mut None) {
+                            let rare = self.rare_mut();
+                            rare.retained_lsn = rare.retained_lsn.max(lsn);
+                        }
+                        continue;
+                    }
+                }
                 self.publish_out(
                     &topic,
                     &msg,
@@ -1111,6 +1138,7 @@ impl Session {
                     false,
                     sub.id.into_iter().collect(),
                     None,
+                    0,
                     0,
                 );
             }
@@ -1276,6 +1304,7 @@ impl Session {
         subscription_identifiers: Vec<u32>,
         engine: Option<(Arc<Queue>, DeliveryId)>,
         msg_id: u64,
+        lsn: Lsn,
     ) {
         if msg_id != 0
             && self
@@ -1376,7 +1405,7 @@ impl Session {
             }
         }
         count(&self.ctx.stats.publish_sent, 1);
-        self.send_publish(jseq, packet);
+        self.send_publish(lsn, jseq, packet);
     }
 
     /// A delivery that is not sent: settled, and no longer awaited for a resend.
@@ -1447,6 +1476,27 @@ impl Session {
         // The subscription(s) this is for: the highest QoS wins, every identifier is sent.
         // No Local subscriptions skip this client's own messages; Retain As Published ones
         // keep RETAIN on messages published with it.
+        if let Some(filter) = mapping::retained_filter(&d.message) {
+            // A retained message queued at SUBSCRIBE: for that subscription only (gone if it
+            // was unsubscribed meanwhile), RETAIN set as on any retained message sent then.
+            let Some(sub) = self.subs.get(filter) else {
+                return self.skip(engine, d.msg_id);
+            };
+            let qos = sub.qos.min(mapping::message_qos(&d.message));
+            let ids = sub.id.into_iter().collect();
+            let topic = topic.into_owned();
+            return self.publish_out(
+                &topic,
+                &d.message.clone(),
+                qos,
+                true,
+                d.redelivered,
+                ids,
+                engine,
+                d.msg_id,
+                self.rare().retained_lsn,
+            );
+        }
         let own = mapping::publisher(&d.message) == Some(self.client_id.as_str());
         let was_retained = mapping::published_retained(&d.message);
         let mut best: Option<QoS> = None;
@@ -1474,6 +1524,7 @@ impl Session {
             ids,
             engine,
             d.msg_id,
+            0,
         );
     }
 
@@ -1505,6 +1556,7 @@ impl Session {
             sub.id.into_iter().collect(),
             engine,
             // Shared subscription queues are not durable: nothing to resend by store id.
+            0,
             0,
         );
     }
