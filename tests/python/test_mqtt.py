@@ -1179,6 +1179,45 @@ def test_inflight_resent_with_original_packet_ids_and_dup(own_broker, version, h
     r.close()
 
 
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_queued_message_does_not_keep_its_read_buffer_alive(own_broker):
+    """A busy publisher's packets arrive in one big read buffer; one small message of each
+    buffer stays queued for an offline session while the rest is dropped. Each kept message must
+    cost about its own size, not the buffer's (64 KiB): 400 buffers would pin ~25 MiB."""
+    b = own_broker
+    ident = cid("offline")
+    r = persistent_raw(b, ident, 4)
+    r.subscribe("keep/#", 1)
+    r.close()
+    pub = Raw(b, cid("busy"), version=4)
+    kept = packet(0x30 | (1 << 1), mqtt_str("keep/x") + struct.pack(">H", 1) + b"k" * 100)
+    dropped = packet(0x30, mqtt_str("drop/y") + b"d" * 100)
+    burst = kept + dropped * 600  # ~66 KB: the broker's reads grow to 64 KiB
+    before = rss_bytes(b.proc.pid)
+    for i in range(400):
+        pub.s.sendall(burst)
+        assert next_packets(pub, 1) == [(4, 1)]  # PUBACK: this burst is in the store
+    after = rss_bytes(b.proc.pid)
+    pub.close()
+    assert after - before < 8 * 1024 * 1024, f"RSS grew {after - before} bytes for 400 kept messages"
+    # And they are all there (acknowledged as they come: the in-flight window is smaller).
+    r = persistent_raw(b, ident, 4)
+    payloads = set()
+    for _ in range(400):
+        (m,) = r.publishes(1)
+        payloads.add(m["payload"])
+        r.ack(4, m["pid"])
+    assert payloads == {b"k" * 100}
+    r.close()
+
+
 @pytest.mark.restart
 @pytest.mark.parametrize("version,how", [(4, "reconnect"), (5, "reconnect"), (5, "kill"), (4, "kill")])
 def test_retained_sent_on_subscribe_resent_with_original_packet_id(own_broker, version, how):

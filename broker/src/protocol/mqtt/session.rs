@@ -107,6 +107,21 @@ impl Subs {
     }
 }
 
+/// Payloads from this size on keep sharing the read buffer they came in.
+const COPY_PAYLOAD_BELOW: usize = 32 * 1024;
+
+/// The payload of a PUBLISH, for a message that may stay queued for days. The codec hands out
+/// a slice of the connection's read buffer (up to 64 KiB, shared by every packet read with it):
+/// kept as is, one small message waiting for an offline session keeps the whole buffer alive.
+/// Small payloads are copied out; a large one is most of its buffer anyway.
+fn own_payload(payload: &bytes::Bytes) -> bytes::Bytes {
+    if payload.len() < COPY_PAYLOAD_BELOW {
+        bytes::Bytes::copy_from_slice(payload)
+    } else {
+        payload.clone()
+    }
+}
+
 /// A shared subscription (`$share/{group}/{filter}`) this session is a member of: it consumes
 /// from the group's queue, which the engine round-robins among the members.
 #[derive(Debug)]
@@ -960,7 +975,7 @@ impl Session {
                 }),
             );
         }
-        let mut msg = mapping::to_message(&p.topic, p.payload.clone(), p.qos, &p.properties);
+        let mut msg = mapping::to_message(&p.topic, own_payload(&p.payload), p.qos, &p.properties);
         mapping::tag_publisher(&mut msg, &self.client_id, p.retain);
         if p.retain {
             self.ctx.retained.set(&p.topic, msg.clone());
