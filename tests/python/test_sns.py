@@ -962,3 +962,128 @@ def test_mqtt_both_ways_through_amq_topic(aws_mqtt_broker):
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+# --- Subscriptions as AWS keeps them: same endpoint twice, deleted queues, forged bindings ---
+
+
+def test_subscribing_a_queue_again_compares_only_the_attributes_given(sns, sqs, tname):
+    # AWS: the same (topic, protocol, endpoint) answers the existing ARN when every attribute
+    # given matches (absent ones count as their defaults), else InvalidParameter.
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    _, qarn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                         Attributes={"RawMessageDelivery": "false"})["SubscriptionArn"] == sub
+    with pytest.raises(ClientError) as e:
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, Attributes={"RawMessageDelivery": "true"})
+    assert code(e) == "InvalidParameter"
+    assert "Subscription already exists with different attributes" in e.value.response["Error"]["Message"]
+    policy = json.dumps({"colour": ["red"]})
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="FilterPolicy", AttributeValue=policy)
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                         Attributes={"FilterPolicy": policy})["SubscriptionArn"] == sub
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"] == sub
+    with pytest.raises(ClientError) as e:
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                      Attributes={"FilterPolicy": json.dumps({"colour": ["blue"]})})
+    assert code(e) == "InvalidParameter"
+    assert len(sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]) == 1
+
+
+def test_deleting_the_queue_keeps_the_subscription_and_redrives_to_its_dead_letter_queue(broker, sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    dlq_url, dlq_arn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, ReturnSubscriptionArn=True,
+                        Attributes={"RawMessageDelivery": "true"})["SubscriptionArn"]
+    sqs.delete_queue(QueueUrl=url)
+    # As on AWS: the subscription stays, listed and readable.
+    [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+    assert s["SubscriptionArn"] == sub and s["Endpoint"] == qarn
+    assert sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]["Endpoint"] == qarn
+    # Without a RedrivePolicy the copy is dropped; with one it goes to the dead-letter queue.
+    sns.publish(TopicArn=arn, Message="dropped")
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="RedrivePolicy",
+                                    AttributeValue=json.dumps({"deadLetterTargetArn": dlq_arn}))
+    sns.publish(TopicArn=arn, Message="to the dlq",
+                MessageAttributes={"colour": {"DataType": "String", "StringValue": "red"}})
+    [m] = receive(sqs, dlq_url, n=2, wait=2)
+    assert m["Body"] == "to the dlq"
+    assert m["MessageAttributes"]["colour"]["StringValue"] == "red"
+    # A queue of that name again: deliveries resume (the subscription names the queue by ARN).
+    # SQS refuses the name for 60 s after DeleteQueue, as AWS does; AMQP declares it at once.
+    conn = amqp(broker)
+    try:
+        conn.channel().queue_declare(queue=qarn.split(":")[-1], durable=True)
+    finally:
+        conn.close()
+    sns.publish(TopicArn=arn, Message="resumed")
+    assert [m["Body"] for m in receive(sqs, url)] == ["resumed"]
+    assert receive(sqs, dlq_url, wait=1) == []
+    # Unsubscribe works whether or not the queue exists.
+    sqs.delete_queue(QueueUrl=url)
+    sns.unsubscribe(SubscriptionArn=sub)
+    assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []
+
+
+@pytest.mark.restart
+def test_subscription_of_a_deleted_queue_survives_a_restart(tmp_path):
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        sns, sqs = client(b, "sns"), client(b, "sqs")
+        arn = sns.create_topic(Name="kept")["TopicArn"]
+        url, qarn = new_queue(sqs, name="gone")
+        sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+        sqs.delete_queue(QueueUrl=url)
+        b.kill9()
+        b.start()
+        sns, sqs = client(b, "sns"), client(b, "sqs")
+        [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+        assert s["SubscriptionArn"] == sub
+        url = sqs.create_queue(QueueName="gone")["QueueUrl"]
+        sns.publish(TopicArn=arn, Message="after restart")
+        assert json.loads(receive(sqs, url)[0]["Body"])["Message"] == "after restart"
+    finally:
+        b.stop_quietly()
+
+
+def test_amqp_cannot_forge_subscription_arguments(broker, sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    _, qarn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    binding = {"x-sns-subscription-arn": sub, "x-sns-protocol": "sqs", "x-sns-endpoint": qarn,
+               "x-sns-owner": ACCOUNT}
+    forged = [
+        # An HTTP "subscription" to an address the allow-list would refuse.
+        {"x-sns-subscription-arn": arn + ":forged", "x-sns-protocol": "http",
+         "x-sns-endpoint": "http://10.9.9.9/"},
+        {"x-sns-delivery-policy": "{}"},
+        {"x-sns-confirmation-token": "t"},
+    ]
+    conn = amqp(broker)
+    try:
+        for args in forged:
+            ch = conn.channel()
+            ch.queue_declare(queue="", exclusive=True)
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.queue_bind(queue=ch.queue_declare(queue="", exclusive=True).method.queue,
+                              exchange=tname, arguments=args)
+            assert e.value.reply_code == 403, args
+            ch = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.exchange_bind(destination="amq.fanout", source=tname, arguments=args)
+            assert e.value.reply_code == 403, args
+        # Nor remove someone's subscription by naming its arguments.
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.queue_unbind(queue=qarn.split(":")[-1], exchange=tname, arguments=binding)
+        assert e.value.reply_code == 403
+        # What a client may give still works.
+        ch = conn.channel()
+        q = ch.queue_declare(queue="", exclusive=True).method.queue
+        ch.queue_bind(queue=q, exchange=tname, arguments={
+            "x-sns-filter-policy": json.dumps({"colour": ["red"]}), "x-sns-raw-message-delivery": "false"})
+    finally:
+        conn.close()
+    assert [s["SubscriptionArn"] for s in sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]] == [sub]

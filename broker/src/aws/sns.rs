@@ -224,6 +224,30 @@ fn arg_str(args: &Table, name: &str) -> Option<String> {
     args.get(name).and_then(Value::as_str).map(str::to_string)
 }
 
+/// Whether Subscribe's `attributes` differ from those of the existing subscription `args`
+/// (same topic, protocol and endpoint). As on AWS, only the attributes given are compared, each
+/// against the subscription's value or, when it has none, the default GetSubscriptionAttributes
+/// reports (`RawMessageDelivery` false, `FilterPolicyScope` MessageAttributes, no policy).
+fn attributes_differ(args: &Table, attributes: &BTreeMap<String, String>) -> bool {
+    attributes.iter().any(|(k, v)| {
+        let have = subscription_arg(k).and_then(|a| arg_str(args, a));
+        match k.as_str() {
+            "RawMessageDelivery" => !have.as_deref().unwrap_or("false").eq_ignore_ascii_case(v),
+            "FilterPolicyScope" => have.as_deref().unwrap_or("MessageAttributes") != v,
+            _ => have.as_deref().unwrap_or("") != v,
+        }
+    })
+}
+
+/// What Subscribe answers when the endpoint is already subscribed with other attributes.
+fn already_subscribed() -> AwsError {
+    invalid("Attributes Reason: Subscription already exists with different attributes")
+}
+
+/// Attempts at a read-modify-write of a subscription's binding before giving up (another
+/// request changed it in between each time).
+const REPLACE_ATTEMPTS: usize = 8;
+
 /// A subscription found by its ARN.
 struct FoundSubscription {
     vhost: Arc<Vhost>,
@@ -567,13 +591,8 @@ impl SnsEngine {
                 .cloned()
         });
         if let Some(b) = existing {
-            for (k, v) in &attributes {
-                let arg = subscription_arg(k).unwrap_or("");
-                if arg_str(&b.arguments, arg).as_deref() != Some(v.as_str()) {
-                    return Err(invalid(
-                        "Attributes Reason: Subscription already exists with different attributes",
-                    ));
-                }
+            if attributes_differ(&b.arguments, &attributes) {
+                return Err(already_subscribed());
             }
             return Ok(SnsResponse::SubscriptionArn(
                 arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
@@ -591,7 +610,7 @@ impl SnsEngine {
             }
         }
         vhost
-            .bind_queue(&queue.name, &topic.name, "", args, SNS_CONN)
+            .bind_subscription(&topic.name, dest, args)
             .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
         Ok(SnsResponse::SubscriptionArn(arn))
     }
@@ -706,25 +725,34 @@ impl SnsEngine {
         name: &str,
         value: String,
     ) -> Result<SnsResponse, AwsError> {
-        let f = self.find_subscription(ctx, arn)?;
-        let args = &f.binding.arguments;
-        let policy = arg_str(args, ARG_FILTER_POLICY);
-        let scope = arg_str(args, ARG_FILTER_POLICY_SCOPE);
-        check_subscription_attribute(name, &value, policy.as_deref(), scope.as_deref())
-            .map_err(FilterCheck::for_set)?;
-        let arg = subscription_arg(name).ok_or_else(|| invalid("AttributeName"))?;
-        let mut new = f.binding.clone();
-        if name == "FilterPolicy" && value.is_empty() {
-            // An empty FilterPolicy removes the filter: every message is delivered again.
-            new.arguments.remove(ARG_FILTER_POLICY);
-            new.arguments.remove(ARG_FILTER_POLICY_SCOPE);
-        } else {
-            new.arguments.insert(arg.into(), Value::long_string(value));
+        // Read, change, swap: when another request (a confirmation, another attribute) swapped
+        // the binding in between, the swap finds nothing and the change is made again on the
+        // new binding, so that neither change is lost.
+        for _ in 0..REPLACE_ATTEMPTS {
+            let f = self.find_subscription(ctx, arn)?;
+            let args = &f.binding.arguments;
+            let policy = arg_str(args, ARG_FILTER_POLICY);
+            let scope = arg_str(args, ARG_FILTER_POLICY_SCOPE);
+            check_subscription_attribute(name, &value, policy.as_deref(), scope.as_deref())
+                .map_err(FilterCheck::for_set)?;
+            let arg = subscription_arg(name).ok_or_else(|| invalid("AttributeName"))?;
+            let mut new = f.binding.clone();
+            if name == "FilterPolicy" && value.is_empty() {
+                // An empty FilterPolicy removes the filter: every message is delivered again.
+                new.arguments.remove(ARG_FILTER_POLICY);
+                new.arguments.remove(ARG_FILTER_POLICY_SCOPE);
+            } else {
+                new.arguments
+                    .insert(arg.into(), Value::long_string(value.clone()));
+            }
+            if f.vhost
+                .replace_binding(&f.topic.name, &f.binding, new)
+                .map_err(|e| invalid(format!("Attributes Reason: {e}")))?
+            {
+                return Ok(SnsResponse::Empty);
+            }
         }
-        f.vhost
-            .replace_binding(&f.topic.name, &f.binding, new)
-            .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
-        Ok(SnsResponse::Empty)
+        Err(internal("the subscription kept changing; try again"))
     }
 
     /// The engine message of one publish, before the topic fans it out.
@@ -799,6 +827,11 @@ impl SnsEngine {
             let out = vhost
                 .publish(&topic.name, m)
                 .map_err(|e| internal(e.to_string()))?;
+            if out.failed {
+                return Err(internal(
+                    "the message could not be stored for every subscriber",
+                ));
+            }
             return Ok((
                 PublishResult {
                     message_id: id,
@@ -839,6 +872,11 @@ impl SnsEngine {
         let out = vhost
             .publish(&topic.name, m)
             .map_err(|e| internal(e.to_string()))?;
+        if out.failed {
+            return Err(internal(
+                "the message could not be stored for every subscriber",
+            ));
+        }
         Ok((
             PublishResult {
                 message_id: id,
@@ -993,23 +1031,24 @@ impl SnsEngine {
                 self.confirm_subscription(ctx, &topic_arn, &token)
             }
             R::Unsubscribe { subscription_arn } => {
-                let f = self.find_subscription(ctx, &subscription_arn)?;
-                if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref()) {
-                    return self.unsubscribe_http(&f);
+                for _ in 0..REPLACE_ATTEMPTS {
+                    let f = self.find_subscription(ctx, &subscription_arn)?;
+                    // The binding as it is: its queue may have been deleted since (the
+                    // subscription outlives it, as on AWS). False: changed meanwhile.
+                    if !f
+                        .vhost
+                        .remove_binding(&f.topic.name, &f.binding)
+                        .map_err(internal)?
+                    {
+                        continue;
+                    }
+                    if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref())
+                    {
+                        self.unsubscribed_http(&f)?;
+                    }
+                    return Ok(SnsResponse::Empty);
                 }
-                let Destination::Queue(queue) = &f.binding.destination else {
-                    return Err(no_subscription());
-                };
-                f.vhost
-                    .unbind_queue(
-                        queue,
-                        &f.topic.name,
-                        &f.binding.routing_key,
-                        f.binding.arguments.clone(),
-                        SNS_CONN,
-                    )
-                    .map_err(internal)?;
-                Ok(SnsResponse::Empty)
+                Err(internal("the subscription kept changing; try again"))
             }
             R::ListSubscriptions { next_token } => {
                 let topics = self.topics_in(ctx);

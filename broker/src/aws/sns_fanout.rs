@@ -32,7 +32,7 @@ use super::sns_meta::TopicStore;
 use crate::engine::{Binding, Message, SharedMessage, SnsFanout, Table, Value, GROUP_ID_HEADER};
 
 /// Binding argument: the subscription's ARN (absent on plain AMQP bindings).
-pub const ARG_SUBSCRIPTION_ARN: &str = "x-sns-subscription-arn";
+pub const ARG_SUBSCRIPTION_ARN: &str = crate::engine::sns::SUBSCRIPTION_ARN_ARG;
 pub const ARG_PROTOCOL: &str = "x-sns-protocol";
 pub const ARG_ENDPOINT: &str = "x-sns-endpoint";
 pub const ARG_OWNER: &str = "x-sns-owner";
@@ -446,8 +446,25 @@ impl SnsFanout for TopicFanout {
         Some(Arc::new(m))
     }
 
-    fn bindings_done(&self) {
-        self.flush_http_posts();
+    fn bindings_done(&self) -> Result<(), String> {
+        self.flush_http_posts()
+    }
+
+    fn dead_letter_queue(&self, binding: &Binding) -> Option<String> {
+        // The RedrivePolicy's queue; validated as an SQS ARN when set, and (as AWS requires)
+        // of the subscription's own account and region, which is this vhost.
+        let arn = sns_delivery::dead_letter_arn(arg(&binding.arguments, ARG_REDRIVE_POLICY))?;
+        let owner = arg(&binding.arguments, ARG_SUBSCRIPTION_ARN)?;
+        let fields: Vec<&str> = arn.split(':').collect();
+        let topic: Vec<&str> = owner.split(':').collect();
+        match (fields.as_slice(), topic.as_slice()) {
+            (["arn", "aws", "sqs", region, account, queue], [_, _, _, r, a, ..])
+                if region == r && account == a =>
+            {
+                Some(queue.to_string())
+            }
+            _ => None,
+        }
     }
 
     fn validate_binding(&self, arguments: &Table) -> Result<(), String> {

@@ -13,6 +13,33 @@ use std::fmt::Debug;
 use super::exchange::Binding;
 use super::message::{SharedMessage, Table};
 
+/// Binding argument that makes a binding of a topic an SNS subscription (its ARN).
+pub const SUBSCRIPTION_ARN_ARG: &str = "x-sns-subscription-arn";
+
+/// `x-sns-*` binding arguments a client (AMQP queue.bind/exchange.bind) may give on a topic:
+/// a filter policy and raw delivery (docs/mapping/sns.md). Every other `x-sns-*` argument
+/// belongs to an SNS subscription (ARN, protocol, endpoint, owner, policies, confirmation
+/// state) and only the SNS API may write it: a client forging them could make the broker post
+/// to any address past `sns.http_allow`, or remove someone else's subscription.
+const CLIENT_ARGS: [&str; 3] = [
+    "x-sns-filter-policy",
+    "x-sns-filter-policy-scope",
+    "x-sns-raw-message-delivery",
+];
+
+/// The first `x-sns-*` argument of `args` a client may not give, if any.
+pub fn reserved_argument(args: &Table) -> Option<&str> {
+    args.keys()
+        .map(String::as_str)
+        .find(|k| k.starts_with("x-sns-") && !CLIENT_ARGS.contains(k))
+}
+
+/// Whether `binding` is an SNS subscription (made by the SNS API), which outlives the deletion
+/// of its queue as on AWS.
+pub fn is_subscription(binding: &Binding) -> bool {
+    binding.arguments.contains_key(SUBSCRIPTION_ARN_ARG)
+}
+
 pub trait SnsFanout: Send + Sync + Debug {
     /// Called once per message reaching a topic, before its bindings: gives a message that
     /// did not come through SNS Publish (AMQP, MQTT, STOMP) what every subscriber must see
@@ -31,8 +58,18 @@ pub trait SnsFanout: Send + Sync + Debug {
 
     /// Called after `message_for` has seen every binding of the topic for one message, before
     /// the publish is answered: work `message_for` deferred (storing the posts of all HTTP
-    /// subscriptions with one fsync) is done here.
-    fn bindings_done(&self) {}
+    /// subscriptions with one fsync) is done here. An error means that work is lost: the
+    /// publish is refused (AMQP nack, SNS InternalError) rather than confirmed.
+    fn bindings_done(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Where a copy goes when the queue `binding` names does not exist (deleted after it was
+    /// subscribed): a queue of the same vhost (the subscription's RedrivePolicy dead-letter
+    /// queue), or `None` to drop it.
+    fn dead_letter_queue(&self, _binding: &Binding) -> Option<String> {
+        None
+    }
 
     /// Checks the arguments of a binding being added to a topic (filter policy...); the
     /// message is the reason given to the client.
