@@ -417,7 +417,8 @@ def test_deleting_a_topic_removes_its_subscriptions(sns, sqs, tname):
     ("carrier-pigeon", "x", "does not support"),
     ("sqs", "not-an-arn", "SQS endpoint"),
     ("sqs", "arn:aws:sqs:us-east-1:000000000000:no-such-queue", "does not exist"),
-    ("sqs", "arn:aws:sqs:eu-west-1:000000000000:q", "own account and region"),
+    # Another region (or account) may subscribe when its queue exists in this broker.
+    ("sqs", "arn:aws:sqs:eu-west-1:000000000000:q", "does not exist"),
 ])
 def test_subscribe_refusals(sns, tname, protocol, endpoint, fragment):
     arn = sns.create_topic(Name=tname)["TopicArn"]
@@ -1087,3 +1088,60 @@ def test_amqp_cannot_forge_subscription_arguments(broker, sns, sqs, tname):
     finally:
         conn.close()
     assert [s["SubscriptionArn"] for s in sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]] == [sub]
+
+
+def test_queues_of_another_region_or_account_in_this_broker_subscribe(tmp_path):
+    # Unsigned requests: a 12-digit access key id names the account (docs/mapping/sqs.md).
+    b = WharfProcess(tmp_path / "data", env={"WHARF_SIGV4": "off"}).start()
+    try:
+        def aws(service, account=ACCOUNT, region=REGION):
+            return boto3.client(service, endpoint_url=f"http://127.0.0.1:{b.http_port}", region_name=region,
+                                aws_access_key_id=account, aws_secret_access_key="x",
+                                config=Config(retries={"max_attempts": 1}))
+        sns = aws("sns")
+        arn = sns.create_topic(Name="wide")["TopicArn"]
+        # Same account, another region: subscribed and confirmed at once, as on AWS.
+        west = aws("sqs", region="eu-west-1")
+        west_url, west_arn = new_queue(west)
+        assert ":eu-west-1:" in west_arn
+        west_sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=west_arn)["SubscriptionArn"]
+        assert west_sub.startswith(arn + ":")
+        # Another account: pending until the queue's owner confirms with the
+        # SubscriptionConfirmation SNS puts in the queue.
+        other = aws("sqs", account="111111111111")
+        other_url, other_arn = new_queue(other)
+        assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=other_arn)["SubscriptionArn"] == \
+            "pending confirmation"
+        [c] = receive(other, other_url)
+        confirmation = json.loads(c["Body"])
+        assert confirmation["Type"] == "SubscriptionConfirmation" and confirmation["TopicArn"] == arn
+        sns.publish(TopicArn=arn, Message="before")
+        assert json.loads(receive(west, west_url)[0]["Body"])["Message"] == "before"
+        assert receive(other, other_url, wait=1) == []
+        import urllib.request
+        with urllib.request.urlopen(confirmation["SubscribeURL"], timeout=10) as answer:
+            assert answer.status == 200
+        subs = {s["Endpoint"]: s["SubscriptionArn"] for s in
+                sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]}
+        assert subs[west_arn] == west_sub and subs[other_arn].startswith(arn + ":")
+        sns.publish(TopicArn=arn, Message="after")
+        assert json.loads(receive(other, other_url)[0]["Body"])["Message"] == "after"
+        assert json.loads(receive(west, west_url)[0]["Body"])["Message"] == "after"
+        # The same endpoint again answers the same subscription.
+        assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=west_arn)["SubscriptionArn"] == west_sub
+        # A queue no account of this broker has is refused.
+        for missing in ["arn:aws:sqs:us-east-1:222222222222:nope", "arn:aws:sqs:eu-west-1:000000000000:nope"]:
+            with pytest.raises(ClientError) as e:
+                sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=missing)
+            assert code(e) == "InvalidParameter", missing
+        # Deleting it keeps the subscription (deliveries go to the dead-letter queue).
+        dlq_url, dlq_arn = new_queue(aws("sqs"))
+        sns.set_subscription_attributes(SubscriptionArn=west_sub, AttributeName="RedrivePolicy",
+                                        AttributeValue=json.dumps({"deadLetterTargetArn": dlq_arn}))
+        west.delete_queue(QueueUrl=west_url)
+        sns.publish(TopicArn=arn, Message="west is gone")
+        assert json.loads(receive(aws("sqs"), dlq_url)[0]["Body"])["Message"] == "west is gone"
+        sns.unsubscribe(SubscriptionArn=west_sub)
+        assert len(sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]) == 1
+    finally:
+        b.stop_quietly()

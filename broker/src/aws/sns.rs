@@ -550,24 +550,32 @@ impl SnsEngine {
             check_subscription_attribute(k, v, policy, scope)
                 .map_err(FilterCheck::for_subscribe)?;
         }
-        // The queue: an SQS queue ARN of the caller's account and region.
-        let queue_name = {
+        // The queue: an SQS queue ARN of any account and region that has queues in this
+        // broker (each is a vhost `aws:<account>:<region>`).
+        let (queue_account, queue_region, queue_name) = {
             let f: Vec<&str> = endpoint.split(':').collect();
             match f.as_slice() {
                 ["arn", "aws", "sqs", region, account, name]
-                    if *region == ctx.region && *account == ctx.account_id =>
+                    if !region.is_empty() && !account.is_empty() && !name.is_empty() =>
                 {
-                    name.to_string()
-                }
-                ["arn", "aws", "sqs", _, _, _] => {
-                    return Err(invalid(
-                        "Endpoint Reason: Wharf delivers to SQS queues of the topic's own account and region only",
-                    ))
+                    (account.to_string(), region.to_string(), name.to_string())
                 }
                 _ => return Err(invalid("SQS endpoint ARN")),
             }
         };
-        let queue = vhost.queue(&queue_name, SNS_CONN).map_err(|_| {
+        let local = queue_account == ctx.account_id && queue_region == ctx.region;
+        let queue_vhost = if local {
+            vhost.clone()
+        } else {
+            self.engine
+                .vhost(&super::vhost_name(&queue_account, &queue_region))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "Endpoint Reason: queue {queue_name} does not exist"
+                    ))
+                })?
+        };
+        let queue = queue_vhost.queue(&queue_name, SNS_CONN).map_err(|_| {
             invalid(format!(
                 "Endpoint Reason: queue {queue_name} does not exist"
             ))
@@ -580,12 +588,11 @@ impl SnsEngine {
                 "Invalid parameter: Endpoint Reason: Please use FIFO SNS topic to subscribe a FIFO SQS queue"
             }));
         }
-        let dest = Destination::Queue(queue.name.clone());
         let existing = topic.with_bindings(|bs| {
             bs.iter()
                 .find(|b| {
-                    b.destination == dest
-                        && arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                    arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                        && arg_str(&b.arguments, ARG_ENDPOINT).as_deref() == Some(&endpoint)
                         && b.arguments.contains_key(ARG_SUBSCRIPTION_ARN)
                 })
                 .cloned()
@@ -594,9 +601,23 @@ impl SnsEngine {
             if attributes_differ(&b.arguments, &attributes) {
                 return Err(already_subscribed());
             }
-            return Ok(SnsResponse::SubscriptionArn(
-                arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
-            ));
+            let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
+            if !is_pending(&b.arguments) {
+                return Ok(SnsResponse::SubscriptionArn(arn));
+            }
+            // Still pending: the confirmation goes to the queue again, as for HTTP.
+            self.confirm_into_queue(
+                &queue_vhost,
+                &queue.name,
+                &vhost.name,
+                &topic.name,
+                &b.arguments,
+            )?;
+            return Ok(SnsResponse::SubscriptionArn(if return_arn {
+                arn
+            } else {
+                "pending confirmation".into()
+            }));
         }
         let arn = format!("{topic_arn}:{}", uuid::Uuid::new_v4());
         let mut args = Table::new();
@@ -609,9 +630,38 @@ impl SnsEngine {
                 args.insert(arg.into(), Value::long_string(v));
             }
         }
+        if local {
+            vhost
+                .bind_subscription(&topic.name, Destination::Queue(queue.name.clone()), args)
+                .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
+            return Ok(SnsResponse::SubscriptionArn(arn));
+        }
+        // A queue of another region: bound to the topic itself and delivered by the fan-out
+        // hook into its vhost. Of another account: pending until the queue's owner confirms
+        // with the token of the SubscriptionConfirmation put in the queue, as AWS asks ("if
+        // the endpoint and the topic are not in the same AWS account, the endpoint owner must
+        // run the ConfirmSubscription action").
+        let other_account = queue_account != ctx.account_id;
+        if other_account {
+            args.insert(
+                sns_delivery::ARG_TOKEN.into(),
+                Value::long_string(sns_delivery::new_token()),
+            );
+            args.insert(sns_delivery::ARG_PENDING.into(), Value::long_string("true"));
+        }
         vhost
-            .bind_subscription(&topic.name, dest, args)
+            .bind_subscription(
+                &topic.name,
+                Destination::Exchange(topic.name.clone()),
+                args.clone(),
+            )
             .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
+        if other_account {
+            self.confirm_into_queue(&queue_vhost, &queue.name, &vhost.name, &topic.name, &args)?;
+            if !return_arn {
+                return Ok(SnsResponse::SubscriptionArn("pending confirmation".into()));
+            }
+        }
         Ok(SnsResponse::SubscriptionArn(arn))
     }
 

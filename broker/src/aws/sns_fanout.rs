@@ -402,6 +402,10 @@ impl SnsFanout for TopicFanout {
             self.post_http(vhost, exchange, args, msg);
             return None;
         }
+        if sns_delivery::is_pending(args) {
+            // A subscription of another account's queue, not confirmed yet.
+            return None;
+        }
         if !self.passes_filter(args, msg, arg(args, ARG_PROTOCOL).unwrap_or("default")) {
             return None;
         }
@@ -435,10 +439,12 @@ impl SnsFanout for TopicFanout {
             // Each SQS copy is its own SQS message, with its own id, and expires with the
             // queue's retention as a message sent to it would.
             m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
-            if let crate::engine::Destination::Queue(q) = &binding.destination {
-                if let Some(ms) = self.retention_ms(vhost, q) {
-                    m.properties.expiration = Some(ms.to_string());
-                }
+            let target = match &binding.destination {
+                crate::engine::Destination::Queue(q) => Some((vhost.to_string(), q.clone())),
+                crate::engine::Destination::Exchange(_) => self.foreign_queue(binding),
+            };
+            if let Some(ms) = target.and_then(|(v, q)| self.retention_ms(&v, &q)) {
+                m.properties.expiration = Some(ms.to_string());
             }
         } else if let Some(id) = header(msg, HEADER_MESSAGE_ID) {
             m.properties.message_id = Some(id.to_string());
@@ -448,6 +454,22 @@ impl SnsFanout for TopicFanout {
 
     fn bindings_done(&self) -> Result<(), String> {
         self.flush_http_posts()
+    }
+
+    fn foreign_queue(&self, binding: &Binding) -> Option<(String, String)> {
+        let args = &binding.arguments;
+        if arg(args, ARG_PROTOCOL) != Some("sqs")
+            || !matches!(binding.destination, crate::engine::Destination::Exchange(_))
+        {
+            return None;
+        }
+        let fields: Vec<&str> = arg(args, ARG_ENDPOINT)?.split(':').collect();
+        match fields.as_slice() {
+            ["arn", "aws", "sqs", region, account, queue] => {
+                Some((super::vhost_name(account, region), queue.to_string()))
+            }
+            _ => None,
+        }
     }
 
     fn dead_letter_queue(&self, binding: &Binding) -> Option<String> {

@@ -71,6 +71,13 @@ pub trait SnsFanout: Send + Sync + Debug {
         None
     }
 
+    /// The (vhost, queue) a binding of the topic to itself delivers to when it is a
+    /// subscription of a queue in another vhost (an SQS queue of another account or region);
+    /// `None` for every other binding.
+    fn foreign_queue(&self, _binding: &Binding) -> Option<(String, String)> {
+        None
+    }
+
     /// Checks the arguments of a binding being added to a topic (filter policy...); the
     /// message is the reason given to the client.
     fn validate_binding(&self, arguments: &Table) -> Result<(), String>;

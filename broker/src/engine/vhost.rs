@@ -699,7 +699,15 @@ impl Vhost {
             }
             None => msg,
         };
-        type Target = (Destination, SharedMessage, String, Option<String>);
+        /// Where one binding's copy goes: its destination, the copy, the binding's key, the
+        /// dead-letter queue for when the queue is missing, and a queue of another vhost.
+        type Target = (
+            Destination,
+            SharedMessage,
+            String,
+            Option<String>,
+            Option<(String, String)>,
+        );
         let targets: Vec<Target> = topic.with_bindings(|bs| {
             bs.iter()
                 .filter_map(|b| {
@@ -707,8 +715,15 @@ impl Vhost {
                         Some(h) => h.message_for(&self.name, &topic.name, b, msg)?,
                         None => msg.clone(),
                     };
+                    let foreign = match (&b.destination, hook) {
+                        (Destination::Exchange(_), Some(h)) => h.foreign_queue(b),
+                        _ => None,
+                    };
                     let dead_letters = match (&b.destination, hook) {
                         (Destination::Queue(_), Some(h)) => h.dead_letter_queue(b),
+                        (Destination::Exchange(_), Some(h)) if foreign.is_some() => {
+                            h.dead_letter_queue(b)
+                        }
                         _ => None,
                     };
                     Some((
@@ -716,6 +731,7 @@ impl Vhost {
                         m,
                         b.routing_key.clone(),
                         dead_letters,
+                        foreign,
                     ))
                 })
                 .collect()
@@ -732,7 +748,21 @@ impl Vhost {
         // the same exchange (two keys into amq.topic) both deliver, and the topic itself stays
         // visited, so no path leads back into it.
         let base = visited.to_vec();
-        for (dest, m, key, dead_letters) in targets {
+        for (dest, m, key, dead_letters, foreign) in targets {
+            if let Some((vhost, name)) = foreign {
+                // A subscribed queue of another account or region (an SNS self-binding), or
+                // the subscription's dead-letter queue when that queue is missing.
+                let q = self
+                    .shared
+                    .vhost(&vhost)
+                    .and_then(|v| v.queues.read().get(&name).cloned())
+                    .or_else(|| self.queues.read().get(&dead_letters?).cloned());
+                if let Some(q) = q {
+                    outcome.routed = true;
+                    Self::enqueue(&q, &m, &mut None, outcome);
+                }
+                continue;
+            }
             match dest {
                 Destination::Queue(name) => {
                     let q = self.queues.read().get(&name).cloned();

@@ -31,6 +31,36 @@ impl SnsEngine {
             .unwrap_or(SignatureVersion::V1)
     }
 
+    /// Puts the SubscriptionConfirmation of a subscription of another account's queue into
+    /// that queue (what AWS does: the queue's owner reads the SubscribeURL from it).
+    pub(super) fn confirm_into_queue(
+        &self,
+        queue_vhost: &Vhost,
+        queue: &str,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> Result<(), AwsError> {
+        let post = self.confirmation(MessageType::SubscriptionConfirmation, vhost, topic, args)?;
+        let mut m = Message::new("", queue, bytes::Bytes::from(post.body));
+        m.properties.delivery_mode = Some(2);
+        m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
+        if queue.ends_with(".fifo") {
+            let mut h = Table::new();
+            h.insert(
+                GROUP_ID_HEADER.into(),
+                Value::long_string("SubscriptionConfirmation"),
+            );
+            h.insert(
+                super::super::sqs::DEDUP_ID_HEADER.into(),
+                Value::long_string(post.message_id),
+            );
+            m.properties.headers = Some(h);
+        }
+        queue_vhost.publish("", m).map_err(internal)?;
+        Ok(())
+    }
+
     /// Stores a SubscriptionConfirmation or UnsubscribeConfirmation post for `args`'s
     /// subscription.
     fn post_confirmation(
@@ -41,6 +71,18 @@ impl SnsEngine {
         topic: &str,
         args: &Table,
     ) -> Result<(), AwsError> {
+        let post = self.confirmation(kind, vhost, topic, args)?;
+        sns_delivery::enqueue(http, post).map_err(internal)
+    }
+
+    /// The signed confirmation envelope of `args`'s subscription, as a post.
+    fn confirmation(
+        &self,
+        kind: MessageType,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> Result<super::super::sns_http::HttpPost, AwsError> {
         let key = self.fanout.signing_key().map_err(internal)?;
         let topic_arn = self.fanout.topic_arn(vhost, topic);
         let token = arg_str(args, ARG_TOKEN).unwrap_or_default();
@@ -63,7 +105,7 @@ impl SnsEngine {
                 ),
             },
         );
-        sns_delivery::enqueue(http, post).map_err(internal)
+        Ok(post)
     }
 
     #[allow(clippy::too_many_arguments)]
