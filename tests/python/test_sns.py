@@ -1003,6 +1003,7 @@ def test_deleting_the_queue_keeps_the_subscription_and_redrives_to_its_dead_lett
     [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
     assert s["SubscriptionArn"] == sub and s["Endpoint"] == qarn
     assert sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]["Endpoint"] == qarn
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"] == sub
     # Without a RedrivePolicy the copy is dropped; with one it goes to the dead-letter queue.
     sns.publish(TopicArn=arn, Message="dropped")
     sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="RedrivePolicy",

@@ -563,6 +563,26 @@ impl SnsEngine {
                 _ => return Err(invalid("SQS endpoint ARN")),
             }
         };
+        // Subscribed already (and confirmed): the same ARN, even when the queue has been
+        // deleted since (the subscription outlives it).
+        let confirmed = topic.with_bindings(|bs| {
+            bs.iter()
+                .find(|b| {
+                    arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                        && arg_str(&b.arguments, ARG_ENDPOINT).as_deref() == Some(&endpoint)
+                        && b.arguments.contains_key(ARG_SUBSCRIPTION_ARN)
+                        && !is_pending(&b.arguments)
+                })
+                .cloned()
+        });
+        if let Some(b) = confirmed {
+            if attributes_differ(&b.arguments, &attributes) {
+                return Err(already_subscribed());
+            }
+            return Ok(SnsResponse::SubscriptionArn(
+                arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
+            ));
+        }
         let local = queue_account == ctx.account_id && queue_region == ctx.region;
         let queue_vhost = if local {
             vhost.clone()

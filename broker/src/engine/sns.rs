@@ -82,3 +82,33 @@ pub trait SnsFanout: Send + Sync + Debug {
     /// message is the reason given to the client.
     fn validate_binding(&self, arguments: &Table) -> Result<(), String>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Value;
+
+    #[test]
+    fn clients_may_give_filter_and_raw_arguments_only() {
+        let table = |keys: &[&str]| -> Table {
+            keys.iter()
+                .map(|k| (k.to_string(), Value::long_string("x")))
+                .collect()
+        };
+        assert_eq!(reserved_argument(&table(&CLIENT_ARGS)), None);
+        assert_eq!(reserved_argument(&table(&["x-match", "other"])), None);
+        for forged in [
+            "x-sns-subscription-arn",
+            "x-sns-protocol",
+            "x-sns-endpoint",
+            "x-sns-owner",
+            "x-sns-redrive-policy",
+            "x-sns-delivery-policy",
+            "x-sns-confirmation-token",
+            "x-sns-pending-confirmation",
+            "x-sns-anything-new",
+        ] {
+            assert_eq!(reserved_argument(&table(&[forged])), Some(forged));
+        }
+    }
+}
