@@ -462,3 +462,13 @@ def test_mqtt_publish_reaches_an_http_subscriber(tmp_path):
             assert n.headers["x-amz-sns-topic-arn"] == topic
     finally:
         b.stop_quietly()
+
+
+def test_fifo_topics_refuse_http_endpoints(sns):
+    # AWS: SNS FIFO topics can't deliver to HTTP(S) endpoints; subscribing one is an error.
+    arn = sns.create_topic(Name=f"f-{uuid.uuid4().hex[:8]}.fifo", Attributes={"FifoTopic": "true"})["TopicArn"]
+    for protocol in ["http", "https"]:
+        with pytest.raises(ClientError) as e:
+            sns.subscribe(TopicArn=arn, Protocol=protocol, Endpoint=f"{protocol}://127.0.0.1:9/")
+        assert code(e) == "InvalidParameter", protocol
+    assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []

@@ -128,6 +128,13 @@ impl SnsEngine {
                     "Endpoint Reason: An {protocol} URL must start with {protocol}://"
                 ))
             })?;
+        // AWS: "SNS FIFO topics can't deliver messages to customer managed endpoints, such as
+        // ... HTTP(S) endpoints ... Attempts to subscribe ... result in errors."
+        if self.topics.get(&vhost.name, &topic.name).fifo() {
+            return Err(invalid(format!(
+                "Protocol Reason: FIFO topics deliver to SQS queues only, not to {protocol} endpoints"
+            )));
+        }
         let http = self.fanout.http.get().ok_or_else(|| {
             invalid(format!(
                 "Protocol Reason: {protocol} delivery is not running in this broker"
