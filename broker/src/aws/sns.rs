@@ -1114,7 +1114,16 @@ impl SnsEngine {
                     }
                     if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref())
                     {
-                        self.unsubscribed_http(&f)?;
+                        // The subscription is gone (durably) whatever happens here: a
+                        // failure to keep it restorable or to post the confirmation is
+                        // logged, not answered as a failed Unsubscribe.
+                        if let Err(e) = self.unsubscribed_http(&f) {
+                            tracing::error!(
+                                subscription = %subscription_arn,
+                                "SNS: unsubscribed, but no UnsubscribeConfirmation: {}",
+                                e.message
+                            );
+                        }
                     }
                     return Ok(SnsResponse::Empty);
                 }
