@@ -543,7 +543,7 @@ impl Vhost {
 
     /// Binds an SNS subscription (the SNS API only: its `x-sns-*` arguments are refused from
     /// clients). `destination` is the subscriber's queue, or the topic itself for
-    /// subscriptions the delivery hook serves (HTTP/S).
+    /// subscriptions the hook serves (HTTP/S endpoints, queues of another vhost).
     pub fn bind_subscription(
         &self,
         source: &str,
