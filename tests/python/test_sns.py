@@ -1013,6 +1013,15 @@ def test_deleting_the_queue_keeps_the_subscription_and_redrives_to_its_dead_lett
     [m] = receive(sqs, dlq_url, n=2, wait=2)
     assert m["Body"] == "to the dlq"
     assert m["MessageAttributes"]["colour"]["StringValue"] == "red"
+    # The copy expires with the dead-letter queue's retention, as a message sent to it does.
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={"MessageRetentionPeriod": "60"})
+    sns.publish(TopicArn=arn, Message="expires")
+    conn = amqp(broker)
+    try:
+        got = conn.channel().basic_get(dlq_arn.split(":")[-1], auto_ack=True)
+        assert got[2] == b"expires" and got[1].expiration == "60000"
+    finally:
+        conn.close()
     # A queue of that name again: deliveries resume (the subscription names the queue by ARN).
     # SQS refuses the name for 60 s after DeleteQueue, as AWS does; AMQP declares it at once.
     conn = amqp(broker)

@@ -173,8 +173,9 @@ def test_failing_endpoint_is_retried(sns, topic):
         assert [p.headers["x-amz-sns-message-id"] for p in notes] == [mid, mid]
 
 
-def test_spent_retries_go_to_the_dead_letter_queue(sns, sqs, topic):
+def test_spent_retries_go_to_the_dead_letter_queue(broker, sns, sqs, topic):
     dlq_url, dlq_arn = new_queue(sqs)
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={"MessageRetentionPeriod": "120"})
     with SnsSubscriber(statuses=[200] + [500] * 3) as sub:
         arn = subscribe_confirmed(sns, topic, sub, DeliveryPolicy=QUICK_RETRIES,
                                   RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn}))
@@ -189,6 +190,14 @@ def test_spent_retries_go_to_the_dead_letter_queue(sns, sqs, topic):
         # One attempt and two retries, all refused.
         assert len(posts_of(sub, "Notification")) == 3
         assert arn
+        # The copy expires with the dead-letter queue's retention (seen over AMQP).
+        sqs.change_message_visibility(QueueUrl=dlq_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        conn = pika.BlockingConnection(broker.params(virtual_host=VHOST))
+        try:
+            got = conn.channel().basic_get(dlq_arn.split(":")[-1], auto_ack=True)
+            assert got[1] is not None and got[1].expiration == "120000"
+        finally:
+            conn.close()
 
 
 def test_pending_subscriptions_page_without_losing_any(sns, topic):

@@ -229,6 +229,9 @@ thread_local! {
 #[derive(Debug)]
 pub struct SqsDeadLetters {
     pub engine: Arc<Engine>,
+    /// The SQS side, for the dead-letter queue's retention (the copy's TTL, as a message sent
+    /// to that queue gets).
+    pub context: std::sync::Weak<super::AwsContext>,
 }
 
 impl SqsDeadLetters {
@@ -243,6 +246,11 @@ impl SqsDeadLetters {
             .vhost(&super::vhost_name(account, region))
             .ok_or("the dead-letter queue's account and region have no queues")?;
         let mut m = Message::new("", *queue, Bytes::from(post.body.clone()));
+        m.properties.expiration = self
+            .context
+            .upgrade()
+            .and_then(|c| c.sqs.retention_ms(&vhost.name, queue))
+            .map(|ms| ms.to_string());
         m.properties.delivery_mode = Some(2);
         m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
         m.properties.timestamp = Some(super::sns_fanout::now_ms() / 1000);

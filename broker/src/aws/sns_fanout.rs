@@ -456,6 +456,15 @@ impl SnsFanout for TopicFanout {
         self.flush_http_posts()
     }
 
+    fn dead_letter_copy(&self, vhost: &str, queue: &str, msg: SharedMessage) -> SharedMessage {
+        let Some(ms) = self.retention_ms(vhost, queue) else {
+            return msg;
+        };
+        let mut m = (*msg).clone();
+        m.properties.expiration = Some(ms.to_string());
+        Arc::new(m)
+    }
+
     fn foreign_queue(&self, binding: &Binding) -> Option<(String, String)> {
         let args = &binding.arguments;
         if arg(args, ARG_PROTOCOL) != Some("sqs")

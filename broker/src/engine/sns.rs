@@ -78,6 +78,12 @@ pub trait SnsFanout: Send + Sync + Debug {
         None
     }
 
+    /// The copy as the dead-letter queue `queue` of `vhost` takes it (its retention as the
+    /// copy's TTL, as a message sent to that queue gets).
+    fn dead_letter_copy(&self, _vhost: &str, _queue: &str, msg: SharedMessage) -> SharedMessage {
+        msg
+    }
+
     /// Checks the arguments of a binding being added to a topic (filter policy...); the
     /// message is the reason given to the client.
     fn validate_binding(&self, arguments: &Table) -> Result<(), String>;

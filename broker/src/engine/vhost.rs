@@ -755,8 +755,11 @@ impl Vhost {
                 let q = self
                     .shared
                     .vhost(&vhost)
-                    .and_then(|v| v.queues.read().get(&name).cloned())
-                    .or_else(|| self.queues.read().get(&dead_letters?).cloned());
+                    .and_then(|v| v.queues.read().get(&name).cloned());
+                let (q, m) = match q {
+                    Some(q) => (Some(q), m),
+                    None => self.dead_letter(hook, dead_letters, m),
+                };
                 if let Some(q) = q {
                     outcome.routed = true;
                     Self::enqueue(&q, &m, &mut None, outcome);
@@ -767,12 +770,10 @@ impl Vhost {
                 Destination::Queue(name) => {
                     let q = self.queues.read().get(&name).cloned();
                     // A subscription whose queue is gone: its dead-letter queue, if any.
-                    let q = q.or_else(|| {
-                        let dlq = dead_letters?;
-                        tracing::debug!(topic = %topic.name, queue = %name, dlq = %dlq,
-                            "SNS: subscribed queue does not exist; copy dead-lettered");
-                        self.queues.read().get(&dlq).cloned()
-                    });
+                    let (q, m) = match q {
+                        Some(q) => (Some(q), m),
+                        None => self.dead_letter(hook, dead_letters, m),
+                    };
                     if let Some(q) = q {
                         outcome.routed = true;
                         Self::enqueue(&q, &m, &mut None, outcome);
@@ -804,6 +805,27 @@ impl Vhost {
                 }
             }
         }
+    }
+
+    /// Where the copy of a subscription whose queue is missing goes: its dead-letter queue in
+    /// this vhost (as that queue takes it), or nowhere.
+    fn dead_letter(
+        &self,
+        hook: Option<&Arc<dyn super::SnsFanout>>,
+        dead_letters: Option<String>,
+        m: SharedMessage,
+    ) -> (Option<Arc<Queue>>, SharedMessage) {
+        let Some(dlq) = dead_letters else {
+            return (None, m);
+        };
+        let Some(q) = self.queues.read().get(&dlq).cloned() else {
+            return (None, m);
+        };
+        let m = match hook {
+            Some(h) => h.dead_letter_copy(&self.name, &dlq, m),
+            None => m,
+        };
+        (Some(q), m)
     }
 
     /// Collects the queues a message reaches from `ex`, following exchange-to-exchange
