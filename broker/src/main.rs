@@ -248,6 +248,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         config.sns_http_config(),
         Arc::new(SqsDeadLetters {
             engine: engine.clone(),
+            context: Arc::downgrade(&aws_ctx),
         }),
         shutdown.clone(),
     )?;

@@ -417,7 +417,8 @@ def test_deleting_a_topic_removes_its_subscriptions(sns, sqs, tname):
     ("carrier-pigeon", "x", "does not support"),
     ("sqs", "not-an-arn", "SQS endpoint"),
     ("sqs", "arn:aws:sqs:us-east-1:000000000000:no-such-queue", "does not exist"),
-    ("sqs", "arn:aws:sqs:eu-west-1:000000000000:q", "own account and region"),
+    # Another region (or account) may subscribe when its queue exists in this broker.
+    ("sqs", "arn:aws:sqs:eu-west-1:000000000000:q", "does not exist"),
 ])
 def test_subscribe_refusals(sns, tname, protocol, endpoint, fragment):
     arn = sns.create_topic(Name=tname)["TopicArn"]
@@ -962,3 +963,195 @@ def test_mqtt_both_ways_through_amq_topic(aws_mqtt_broker):
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+# --- Subscriptions as AWS keeps them: same endpoint twice, deleted queues, forged bindings ---
+
+
+def test_subscribing_a_queue_again_compares_only_the_attributes_given(sns, sqs, tname):
+    # AWS: the same (topic, protocol, endpoint) answers the existing ARN when every attribute
+    # given matches (absent ones count as their defaults), else InvalidParameter.
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    _, qarn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                         Attributes={"RawMessageDelivery": "false"})["SubscriptionArn"] == sub
+    with pytest.raises(ClientError) as e:
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, Attributes={"RawMessageDelivery": "true"})
+    assert code(e) == "InvalidParameter"
+    assert "Subscription already exists with different attributes" in e.value.response["Error"]["Message"]
+    policy = json.dumps({"colour": ["red"]})
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="FilterPolicy", AttributeValue=policy)
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                         Attributes={"FilterPolicy": policy})["SubscriptionArn"] == sub
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"] == sub
+    with pytest.raises(ClientError) as e:
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                      Attributes={"FilterPolicy": json.dumps({"colour": ["blue"]})})
+    assert code(e) == "InvalidParameter"
+    assert len(sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]) == 1
+
+
+def test_deleting_the_queue_keeps_the_subscription_and_redrives_to_its_dead_letter_queue(broker, sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    url, qarn = new_queue(sqs)
+    dlq_url, dlq_arn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn, ReturnSubscriptionArn=True,
+                        Attributes={"RawMessageDelivery": "true"})["SubscriptionArn"]
+    sqs.delete_queue(QueueUrl=url)
+    # As on AWS: the subscription stays, listed and readable.
+    [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+    assert s["SubscriptionArn"] == sub and s["Endpoint"] == qarn
+    assert sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]["Endpoint"] == qarn
+    assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"] == sub
+    # Without a RedrivePolicy the copy is dropped; with one it goes to the dead-letter queue.
+    sns.publish(TopicArn=arn, Message="dropped")
+    sns.set_subscription_attributes(SubscriptionArn=sub, AttributeName="RedrivePolicy",
+                                    AttributeValue=json.dumps({"deadLetterTargetArn": dlq_arn}))
+    sns.publish(TopicArn=arn, Message="to the dlq",
+                MessageAttributes={"colour": {"DataType": "String", "StringValue": "red"}})
+    [m] = receive(sqs, dlq_url, n=2, wait=2)
+    assert m["Body"] == "to the dlq"
+    assert m["MessageAttributes"]["colour"]["StringValue"] == "red"
+    # The copy expires with the dead-letter queue's retention, as a message sent to it does.
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={"MessageRetentionPeriod": "60"})
+    sns.publish(TopicArn=arn, Message="expires")
+    conn = amqp(broker)
+    try:
+        got = conn.channel().basic_get(dlq_arn.split(":")[-1], auto_ack=True)
+        assert got[2] == b"expires" and got[1].expiration == "60000"
+    finally:
+        conn.close()
+    # A queue of that name again: deliveries resume (the subscription names the queue by ARN).
+    # SQS refuses the name for 60 s after DeleteQueue, as AWS does; AMQP declares it at once.
+    conn = amqp(broker)
+    try:
+        conn.channel().queue_declare(queue=qarn.split(":")[-1], durable=True)
+    finally:
+        conn.close()
+    sns.publish(TopicArn=arn, Message="resumed")
+    assert [m["Body"] for m in receive(sqs, url)] == ["resumed"]
+    assert receive(sqs, dlq_url, wait=1) == []
+    # Unsubscribe works whether or not the queue exists.
+    sqs.delete_queue(QueueUrl=url)
+    sns.unsubscribe(SubscriptionArn=sub)
+    assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []
+
+
+@pytest.mark.restart
+def test_subscription_of_a_deleted_queue_survives_a_restart(tmp_path):
+    b = WharfProcess(tmp_path / "data").start()
+    try:
+        sns, sqs = client(b, "sns"), client(b, "sqs")
+        arn = sns.create_topic(Name="kept")["TopicArn"]
+        url, qarn = new_queue(sqs, name="gone")
+        sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+        sqs.delete_queue(QueueUrl=url)
+        b.kill9()
+        b.start()
+        sns, sqs = client(b, "sns"), client(b, "sqs")
+        [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+        assert s["SubscriptionArn"] == sub
+        url = sqs.create_queue(QueueName="gone")["QueueUrl"]
+        sns.publish(TopicArn=arn, Message="after restart")
+        assert json.loads(receive(sqs, url)[0]["Body"])["Message"] == "after restart"
+    finally:
+        b.stop_quietly()
+
+
+def test_amqp_cannot_forge_subscription_arguments(broker, sns, sqs, tname):
+    arn = sns.create_topic(Name=tname)["TopicArn"]
+    _, qarn = new_queue(sqs)
+    sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn)["SubscriptionArn"]
+    binding = {"x-sns-subscription-arn": sub, "x-sns-protocol": "sqs", "x-sns-endpoint": qarn,
+               "x-sns-owner": ACCOUNT}
+    forged = [
+        # An HTTP "subscription" to an address the allow-list would refuse.
+        {"x-sns-subscription-arn": arn + ":forged", "x-sns-protocol": "http",
+         "x-sns-endpoint": "http://10.9.9.9/"},
+        {"x-sns-delivery-policy": "{}"},
+        {"x-sns-confirmation-token": "t"},
+    ]
+    conn = amqp(broker)
+    try:
+        for args in forged:
+            ch = conn.channel()
+            ch.queue_declare(queue="", exclusive=True)
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.queue_bind(queue=ch.queue_declare(queue="", exclusive=True).method.queue,
+                              exchange=tname, arguments=args)
+            assert e.value.reply_code == 403, args
+            ch = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.exchange_bind(destination="amq.fanout", source=tname, arguments=args)
+            assert e.value.reply_code == 403, args
+        # Nor remove someone's subscription by naming its arguments.
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.queue_unbind(queue=qarn.split(":")[-1], exchange=tname, arguments=binding)
+        assert e.value.reply_code == 403
+        # What a client may give still works.
+        ch = conn.channel()
+        q = ch.queue_declare(queue="", exclusive=True).method.queue
+        ch.queue_bind(queue=q, exchange=tname, arguments={
+            "x-sns-filter-policy": json.dumps({"colour": ["red"]}), "x-sns-raw-message-delivery": "false"})
+    finally:
+        conn.close()
+    assert [s["SubscriptionArn"] for s in sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]] == [sub]
+
+
+def test_queues_of_another_region_or_account_in_this_broker_subscribe(tmp_path):
+    # Unsigned requests: a 12-digit access key id names the account (docs/mapping/sqs.md).
+    b = WharfProcess(tmp_path / "data", env={"WHARF_SIGV4": "off"}).start()
+    try:
+        def aws(service, account=ACCOUNT, region=REGION):
+            return boto3.client(service, endpoint_url=f"http://127.0.0.1:{b.http_port}", region_name=region,
+                                aws_access_key_id=account, aws_secret_access_key="x",
+                                config=Config(retries={"max_attempts": 1}))
+        sns = aws("sns")
+        arn = sns.create_topic(Name="wide")["TopicArn"]
+        # Same account, another region: subscribed and confirmed at once, as on AWS.
+        west = aws("sqs", region="eu-west-1")
+        west_url, west_arn = new_queue(west)
+        assert ":eu-west-1:" in west_arn
+        west_sub = sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=west_arn)["SubscriptionArn"]
+        assert west_sub.startswith(arn + ":")
+        # Another account: pending until the queue's owner confirms with the
+        # SubscriptionConfirmation SNS puts in the queue.
+        other = aws("sqs", account="111111111111")
+        other_url, other_arn = new_queue(other)
+        assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=other_arn)["SubscriptionArn"] == \
+            "pending confirmation"
+        [c] = receive(other, other_url)
+        confirmation = json.loads(c["Body"])
+        assert confirmation["Type"] == "SubscriptionConfirmation" and confirmation["TopicArn"] == arn
+        sns.publish(TopicArn=arn, Message="before")
+        assert json.loads(receive(west, west_url)[0]["Body"])["Message"] == "before"
+        assert receive(other, other_url, wait=1) == []
+        import urllib.request
+        with urllib.request.urlopen(confirmation["SubscribeURL"], timeout=10) as answer:
+            assert answer.status == 200
+        subs = {s["Endpoint"]: s["SubscriptionArn"] for s in
+                sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]}
+        assert subs[west_arn] == west_sub and subs[other_arn].startswith(arn + ":")
+        sns.publish(TopicArn=arn, Message="after")
+        assert json.loads(receive(other, other_url)[0]["Body"])["Message"] == "after"
+        assert json.loads(receive(west, west_url)[0]["Body"])["Message"] == "after"
+        # The same endpoint again answers the same subscription.
+        assert sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=west_arn)["SubscriptionArn"] == west_sub
+        # A queue no account of this broker has is refused.
+        for missing in ["arn:aws:sqs:us-east-1:222222222222:nope", "arn:aws:sqs:eu-west-1:000000000000:nope"]:
+            with pytest.raises(ClientError) as e:
+                sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=missing)
+            assert code(e) == "InvalidParameter", missing
+        # Deleting it keeps the subscription (deliveries go to the dead-letter queue).
+        dlq_url, dlq_arn = new_queue(aws("sqs"))
+        sns.set_subscription_attributes(SubscriptionArn=west_sub, AttributeName="RedrivePolicy",
+                                        AttributeValue=json.dumps({"deadLetterTargetArn": dlq_arn}))
+        west.delete_queue(QueueUrl=west_url)
+        sns.publish(TopicArn=arn, Message="west is gone")
+        assert json.loads(receive(aws("sqs"), dlq_url)[0]["Body"])["Message"] == "west is gone"
+        sns.unsubscribe(SubscriptionArn=west_sub)
+        assert len(sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]) == 1
+    finally:
+        b.stop_quietly()

@@ -173,8 +173,9 @@ def test_failing_endpoint_is_retried(sns, topic):
         assert [p.headers["x-amz-sns-message-id"] for p in notes] == [mid, mid]
 
 
-def test_spent_retries_go_to_the_dead_letter_queue(sns, sqs, topic):
+def test_spent_retries_go_to_the_dead_letter_queue(broker, sns, sqs, topic):
     dlq_url, dlq_arn = new_queue(sqs)
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={"MessageRetentionPeriod": "120"})
     with SnsSubscriber(statuses=[200] + [500] * 3) as sub:
         arn = subscribe_confirmed(sns, topic, sub, DeliveryPolicy=QUICK_RETRIES,
                                   RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn}))
@@ -183,10 +184,20 @@ def test_spent_retries_go_to_the_dead_letter_queue(sns, sqs, topic):
         [m] = got["Messages"]
         env = json.loads(m["Body"])
         assert env["MessageId"] == mid and env["Message"] == "undeliverable" and env["Type"] == "Notification"
-        assert m["MessageAttributes"]["ErrorCode"]["StringValue"]
+        # AWS's SNS guide documents no attributes on dead-letter copies (RequestID, ErrorCode,
+        # ErrorMessage are Lambda's dead-letter attributes): the body as posted, nothing added.
+        assert "MessageAttributes" not in m
         # One attempt and two retries, all refused.
         assert len(posts_of(sub, "Notification")) == 3
         assert arn
+        # The copy expires with the dead-letter queue's retention (seen over AMQP).
+        sqs.change_message_visibility(QueueUrl=dlq_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        conn = pika.BlockingConnection(broker.params(virtual_host=VHOST))
+        try:
+            got = conn.channel().basic_get(dlq_arn.split(":")[-1], auto_ack=True)
+            assert got[1] is not None and got[1].expiration == "120000"
+        finally:
+            conn.close()
 
 
 def test_pending_subscriptions_page_without_losing_any(sns, topic):
@@ -341,3 +352,132 @@ def test_https_endpoint_with_a_trusted_ca(tmp_path):
             assert n.verified is True and n.envelope["Message"] == "over tls"
     finally:
         b.stop_quietly()
+
+
+def test_unsubscribe_confirmation_subscribe_url_restores_the_subscription(sns, topic):
+    # AWS: "To cancel this operation and restore the subscription, visit the SubscribeURL
+    # included in this message."
+    with SnsSubscriber() as sub:
+        arn = subscribe_confirmed(sns, topic, sub, RawMessageDelivery="true")
+        sns.unsubscribe(SubscriptionArn=arn)
+        [u] = sub.wait_for(of_type("UnsubscribeConfirmation")) and posts_of(sub, "UnsubscribeConfirmation")
+        assert u.verified is True, u.verified
+        assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+        sns.publish(TopicArn=topic, Message="while away")
+        with urllib.request.urlopen(u.envelope["SubscribeURL"], timeout=10) as answer:
+            root = ET.fromstring(answer.read())
+        assert root.find(f"{{{SNS_NS}}}ConfirmSubscriptionResult/{{{SNS_NS}}}SubscriptionArn").text == arn
+        [s] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+        assert s["SubscriptionArn"] == arn
+        attrs = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        assert attrs["PendingConfirmation"] == "false" and attrs["RawMessageDelivery"] == "true"
+        # Visiting it again answers the same ARN (subscribers retry).
+        assert sns.confirm_subscription(TopicArn=topic, Token=u.envelope["Token"])["SubscriptionArn"] == arn
+        sns.publish(TopicArn=topic, Message="back")
+        posts = sub.wait_for(of_type("Notification"))
+        assert [p.body for p in posts_of_list(posts, "Notification")] == ["back"]
+
+
+def test_restoring_after_subscribing_again_answers_the_new_subscription(sns, topic):
+    with SnsSubscriber() as sub:
+        arn = subscribe_confirmed(sns, topic, sub)
+        sns.unsubscribe(SubscriptionArn=arn)
+        [u] = sub.wait_for(of_type("UnsubscribeConfirmation")) and posts_of(sub, "UnsubscribeConfirmation")
+        again = sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url("/hook"),
+                              ReturnSubscriptionArn=True)["SubscriptionArn"]
+        assert sns.confirm_subscription(TopicArn=topic, Token=u.envelope["Token"])["SubscriptionArn"] == again
+        assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 1
+
+
+def test_subscribing_an_http_endpoint_again_compares_only_the_attributes_given(sns, topic):
+    with SnsSubscriber(confirm=False) as sub:
+        arn = sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url(), ReturnSubscriptionArn=True,
+                            Attributes={"RawMessageDelivery": "true"})["SubscriptionArn"]
+        assert sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url(), ReturnSubscriptionArn=True,
+                             Attributes={"RawMessageDelivery": "true"})["SubscriptionArn"] == arn
+        assert sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url(),
+                             ReturnSubscriptionArn=True)["SubscriptionArn"] == arn
+        for different in [{"RawMessageDelivery": "false"}, {"DeliveryPolicy": QUICK_RETRIES},
+                          {"FilterPolicy": json.dumps({"a": ["b"]})}]:
+            with pytest.raises(ClientError) as e:
+                sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=sub.url(), Attributes=different)
+            assert code(e) == "InvalidParameter", different
+            assert "Subscription already exists with different attributes" in e.value.response["Error"]["Message"]
+        assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 1
+
+
+def test_unsubscribe_stops_the_retries_of_pending_posts(sns, topic):
+    # Retries a second apart, every attempt refused: Unsubscribe must end them (and nothing
+    # reaches the dead-letter queue: the message was for a subscription that is gone).
+    slow = json.dumps({"healthyRetryPolicy": {"numRetries": 30, "minDelayTarget": 1, "maxDelayTarget": 1}})
+    with SnsSubscriber(statuses=[200] + [500] * 100) as sub:
+        arn = subscribe_confirmed(sns, topic, sub, DeliveryPolicy=slow)
+        sns.publish(TopicArn=topic, Message="retried")
+        sub.wait_for(lambda ps: len(posts_of_list(ps, "Notification")) >= 2)
+        sns.unsubscribe(SubscriptionArn=arn)
+        sub.wait_for(of_type("UnsubscribeConfirmation"))
+        after = len(posts_of(sub, "Notification"))
+        sub.wait_for(lambda ps: False, timeout=3)
+        assert len(posts_of(sub, "Notification")) <= after + 1
+
+
+def test_stomp_send_reaches_an_http_subscriber(broker, sns, topic):
+    import stomp
+    with SnsSubscriber() as sub:
+        subscribe_confirmed(sns, topic, sub)
+        c = stomp.Connection12([(broker.host, broker.stomp_port)], vhost=VHOST, reconnect_attempts_max=1)
+        c.connect("guest", "guest", wait=True)
+        try:
+            c.send(destination=f"/exchange/{topic.split(':')[-1]}", body="from stomp",
+                   headers={"colour": "blue", "persistent": "true"})
+        finally:
+            c.disconnect()
+        posts = sub.wait_for(of_type("Notification"))
+        [n] = posts_of_list(posts, "Notification")
+        assert n.verified is True, n.verified
+        assert n.envelope["Message"] == "from stomp"
+        assert n.envelope["MessageAttributes"]["colour"] == {"Type": "String", "Value": "blue"}
+
+
+def test_mqtt_publish_reaches_an_http_subscriber(tmp_path):
+    import paho.mqtt.client as mqtt
+    b = WharfProcess(tmp_path / "data", env={"WHARF_MQTT__VHOST": VHOST}).start()
+    try:
+        sns = client(b, "sns")
+        topic = sns.create_topic(Name="telemetry")["TopicArn"]
+        conn = pika.BlockingConnection(b.params(virtual_host=VHOST))
+        try:
+            # MQTT publishes on `to-sns/telemetry` reach the topic (docs/mapping/sns.md).
+            conn.channel().exchange_bind(destination="telemetry", source="amq.topic",
+                                         routing_key="to-sns.telemetry")
+        finally:
+            conn.close()
+        with SnsSubscriber() as sub:
+            subscribe_confirmed(sns, topic, sub)
+            m = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                            client_id=f"sns-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+            m.username_pw_set("guest", "guest")
+            m.connect(b.host, b.mqtt_port, 30)
+            m.loop_start()
+            try:
+                m.publish("to-sns/telemetry", b"from mqtt", qos=1).wait_for_publish(10)
+            finally:
+                m.loop_stop()
+                m.disconnect()
+            posts = sub.wait_for(of_type("Notification"))
+            [n] = posts_of_list(posts, "Notification")
+            assert n.verified is True, n.verified
+            assert n.envelope["Message"] == "from mqtt"
+            assert n.headers["x-amz-sns-topic-arn"] == topic
+    finally:
+        b.stop_quietly()
+
+
+def test_fifo_topics_refuse_http_endpoints(sns):
+    # AWS: SNS FIFO topics can't deliver to HTTP(S) endpoints; subscribing one is an error.
+    arn = sns.create_topic(Name=f"f-{uuid.uuid4().hex[:8]}.fifo", Attributes={"FifoTopic": "true"})["TopicArn"]
+    for protocol in ["http", "https"]:
+        with pytest.raises(ClientError) as e:
+            sns.subscribe(TopicArn=arn, Protocol=protocol, Endpoint=f"{protocol}://127.0.0.1:9/")
+        assert code(e) == "InvalidParameter", protocol
+    assert sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"] == []

@@ -224,6 +224,30 @@ fn arg_str(args: &Table, name: &str) -> Option<String> {
     args.get(name).and_then(Value::as_str).map(str::to_string)
 }
 
+/// Whether Subscribe's `attributes` differ from those of the existing subscription `args`
+/// (same topic, protocol and endpoint). As on AWS, only the attributes given are compared, each
+/// against the subscription's value or, when it has none, the default GetSubscriptionAttributes
+/// reports (`RawMessageDelivery` false, `FilterPolicyScope` MessageAttributes, no policy).
+fn attributes_differ(args: &Table, attributes: &BTreeMap<String, String>) -> bool {
+    attributes.iter().any(|(k, v)| {
+        let have = subscription_arg(k).and_then(|a| arg_str(args, a));
+        match k.as_str() {
+            "RawMessageDelivery" => !have.as_deref().unwrap_or("false").eq_ignore_ascii_case(v),
+            "FilterPolicyScope" => have.as_deref().unwrap_or("MessageAttributes") != v,
+            _ => have.as_deref().unwrap_or("") != v,
+        }
+    })
+}
+
+/// What Subscribe answers when the endpoint is already subscribed with other attributes.
+fn already_subscribed() -> AwsError {
+    invalid("Attributes Reason: Subscription already exists with different attributes")
+}
+
+/// Attempts at a read-modify-write of a subscription's binding before giving up (another
+/// request changed it in between each time).
+const REPLACE_ATTEMPTS: usize = 8;
+
 /// A subscription found by its ARN.
 struct FoundSubscription {
     vhost: Arc<Vhost>,
@@ -526,24 +550,52 @@ impl SnsEngine {
             check_subscription_attribute(k, v, policy, scope)
                 .map_err(FilterCheck::for_subscribe)?;
         }
-        // The queue: an SQS queue ARN of the caller's account and region.
-        let queue_name = {
+        // The queue: an SQS queue ARN of any account and region that has queues in this
+        // broker (each is a vhost `aws:<account>:<region>`).
+        let (queue_account, queue_region, queue_name) = {
             let f: Vec<&str> = endpoint.split(':').collect();
             match f.as_slice() {
                 ["arn", "aws", "sqs", region, account, name]
-                    if *region == ctx.region && *account == ctx.account_id =>
+                    if !region.is_empty() && !account.is_empty() && !name.is_empty() =>
                 {
-                    name.to_string()
-                }
-                ["arn", "aws", "sqs", _, _, _] => {
-                    return Err(invalid(
-                        "Endpoint Reason: Wharf delivers to SQS queues of the topic's own account and region only",
-                    ))
+                    (account.to_string(), region.to_string(), name.to_string())
                 }
                 _ => return Err(invalid("SQS endpoint ARN")),
             }
         };
-        let queue = vhost.queue(&queue_name, SNS_CONN).map_err(|_| {
+        // Subscribed already (and confirmed): the same ARN, even when the queue has been
+        // deleted since (the subscription outlives it).
+        let confirmed = topic.with_bindings(|bs| {
+            bs.iter()
+                .find(|b| {
+                    arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                        && arg_str(&b.arguments, ARG_ENDPOINT).as_deref() == Some(&endpoint)
+                        && b.arguments.contains_key(ARG_SUBSCRIPTION_ARN)
+                        && !is_pending(&b.arguments)
+                })
+                .cloned()
+        });
+        if let Some(b) = confirmed {
+            if attributes_differ(&b.arguments, &attributes) {
+                return Err(already_subscribed());
+            }
+            return Ok(SnsResponse::SubscriptionArn(
+                arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
+            ));
+        }
+        let local = queue_account == ctx.account_id && queue_region == ctx.region;
+        let queue_vhost = if local {
+            vhost.clone()
+        } else {
+            self.engine
+                .vhost(&super::vhost_name(&queue_account, &queue_region))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "Endpoint Reason: queue {queue_name} does not exist"
+                    ))
+                })?
+        };
+        let queue = queue_vhost.queue(&queue_name, SNS_CONN).map_err(|_| {
             invalid(format!(
                 "Endpoint Reason: queue {queue_name} does not exist"
             ))
@@ -556,28 +608,36 @@ impl SnsEngine {
                 "Invalid parameter: Endpoint Reason: Please use FIFO SNS topic to subscribe a FIFO SQS queue"
             }));
         }
-        let dest = Destination::Queue(queue.name.clone());
         let existing = topic.with_bindings(|bs| {
             bs.iter()
                 .find(|b| {
-                    b.destination == dest
-                        && arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                    arg_str(&b.arguments, ARG_PROTOCOL).as_deref() == Some(protocol)
+                        && arg_str(&b.arguments, ARG_ENDPOINT).as_deref() == Some(&endpoint)
                         && b.arguments.contains_key(ARG_SUBSCRIPTION_ARN)
                 })
                 .cloned()
         });
         if let Some(b) = existing {
-            for (k, v) in &attributes {
-                let arg = subscription_arg(k).unwrap_or("");
-                if arg_str(&b.arguments, arg).as_deref() != Some(v.as_str()) {
-                    return Err(invalid(
-                        "Attributes Reason: Subscription already exists with different attributes",
-                    ));
-                }
+            if attributes_differ(&b.arguments, &attributes) {
+                return Err(already_subscribed());
             }
-            return Ok(SnsResponse::SubscriptionArn(
-                arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default(),
-            ));
+            let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
+            if !is_pending(&b.arguments) {
+                return Ok(SnsResponse::SubscriptionArn(arn));
+            }
+            // Still pending: the confirmation goes to the queue again, as for HTTP.
+            self.confirm_into_queue(
+                &queue_vhost,
+                &queue.name,
+                &vhost.name,
+                &topic.name,
+                &b.arguments,
+            )?;
+            return Ok(SnsResponse::SubscriptionArn(if return_arn {
+                arn
+            } else {
+                "pending confirmation".into()
+            }));
         }
         let arn = format!("{topic_arn}:{}", uuid::Uuid::new_v4());
         let mut args = Table::new();
@@ -590,9 +650,38 @@ impl SnsEngine {
                 args.insert(arg.into(), Value::long_string(v));
             }
         }
+        if local {
+            vhost
+                .bind_subscription(&topic.name, Destination::Queue(queue.name.clone()), args)
+                .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
+            return Ok(SnsResponse::SubscriptionArn(arn));
+        }
+        // A queue of another region: bound to the topic itself and delivered by the fan-out
+        // hook into its vhost. Of another account: pending until the queue's owner confirms
+        // with the token of the SubscriptionConfirmation put in the queue, as AWS asks ("if
+        // the endpoint and the topic are not in the same AWS account, the endpoint owner must
+        // run the ConfirmSubscription action").
+        let other_account = queue_account != ctx.account_id;
+        if other_account {
+            args.insert(
+                sns_delivery::ARG_TOKEN.into(),
+                Value::long_string(sns_delivery::new_token()),
+            );
+            args.insert(sns_delivery::ARG_PENDING.into(), Value::long_string("true"));
+        }
         vhost
-            .bind_queue(&queue.name, &topic.name, "", args, SNS_CONN)
+            .bind_subscription(
+                &topic.name,
+                Destination::Exchange(topic.name.clone()),
+                args.clone(),
+            )
             .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
+        if other_account {
+            self.confirm_into_queue(&queue_vhost, &queue.name, &vhost.name, &topic.name, &args)?;
+            if !return_arn {
+                return Ok(SnsResponse::SubscriptionArn("pending confirmation".into()));
+            }
+        }
         Ok(SnsResponse::SubscriptionArn(arn))
     }
 
@@ -706,25 +795,34 @@ impl SnsEngine {
         name: &str,
         value: String,
     ) -> Result<SnsResponse, AwsError> {
-        let f = self.find_subscription(ctx, arn)?;
-        let args = &f.binding.arguments;
-        let policy = arg_str(args, ARG_FILTER_POLICY);
-        let scope = arg_str(args, ARG_FILTER_POLICY_SCOPE);
-        check_subscription_attribute(name, &value, policy.as_deref(), scope.as_deref())
-            .map_err(FilterCheck::for_set)?;
-        let arg = subscription_arg(name).ok_or_else(|| invalid("AttributeName"))?;
-        let mut new = f.binding.clone();
-        if name == "FilterPolicy" && value.is_empty() {
-            // An empty FilterPolicy removes the filter: every message is delivered again.
-            new.arguments.remove(ARG_FILTER_POLICY);
-            new.arguments.remove(ARG_FILTER_POLICY_SCOPE);
-        } else {
-            new.arguments.insert(arg.into(), Value::long_string(value));
+        // Read, change, swap: when another request (a confirmation, another attribute) swapped
+        // the binding in between, the swap finds nothing and the change is made again on the
+        // new binding, so that neither change is lost.
+        for _ in 0..REPLACE_ATTEMPTS {
+            let f = self.find_subscription(ctx, arn)?;
+            let args = &f.binding.arguments;
+            let policy = arg_str(args, ARG_FILTER_POLICY);
+            let scope = arg_str(args, ARG_FILTER_POLICY_SCOPE);
+            check_subscription_attribute(name, &value, policy.as_deref(), scope.as_deref())
+                .map_err(FilterCheck::for_set)?;
+            let arg = subscription_arg(name).ok_or_else(|| invalid("AttributeName"))?;
+            let mut new = f.binding.clone();
+            if name == "FilterPolicy" && value.is_empty() {
+                // An empty FilterPolicy removes the filter: every message is delivered again.
+                new.arguments.remove(ARG_FILTER_POLICY);
+                new.arguments.remove(ARG_FILTER_POLICY_SCOPE);
+            } else {
+                new.arguments
+                    .insert(arg.into(), Value::long_string(value.clone()));
+            }
+            if f.vhost
+                .replace_binding(&f.topic.name, &f.binding, new)
+                .map_err(|e| invalid(format!("Attributes Reason: {e}")))?
+            {
+                return Ok(SnsResponse::Empty);
+            }
         }
-        f.vhost
-            .replace_binding(&f.topic.name, &f.binding, new)
-            .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
-        Ok(SnsResponse::Empty)
+        Err(internal("the subscription kept changing; try again"))
     }
 
     /// The engine message of one publish, before the topic fans it out.
@@ -799,6 +897,11 @@ impl SnsEngine {
             let out = vhost
                 .publish(&topic.name, m)
                 .map_err(|e| internal(e.to_string()))?;
+            if out.failed {
+                return Err(internal(
+                    "the message could not be stored for every subscriber",
+                ));
+            }
             return Ok((
                 PublishResult {
                     message_id: id,
@@ -839,6 +942,11 @@ impl SnsEngine {
         let out = vhost
             .publish(&topic.name, m)
             .map_err(|e| internal(e.to_string()))?;
+        if out.failed {
+            return Err(internal(
+                "the message could not be stored for every subscriber",
+            ));
+        }
         Ok((
             PublishResult {
                 message_id: id,
@@ -993,23 +1101,33 @@ impl SnsEngine {
                 self.confirm_subscription(ctx, &topic_arn, &token)
             }
             R::Unsubscribe { subscription_arn } => {
-                let f = self.find_subscription(ctx, &subscription_arn)?;
-                if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref()) {
-                    return self.unsubscribe_http(&f);
+                for _ in 0..REPLACE_ATTEMPTS {
+                    let f = self.find_subscription(ctx, &subscription_arn)?;
+                    // The binding as it is: its queue may have been deleted since (the
+                    // subscription outlives it, as on AWS). False: changed meanwhile.
+                    if !f
+                        .vhost
+                        .remove_binding(&f.topic.name, &f.binding)
+                        .map_err(internal)?
+                    {
+                        continue;
+                    }
+                    if sns_delivery::is_http(arg_str(&f.binding.arguments, ARG_PROTOCOL).as_deref())
+                    {
+                        // The subscription is gone (durably) whatever happens here: a
+                        // failure to keep it restorable or to post the confirmation is
+                        // logged, not answered as a failed Unsubscribe.
+                        if let Err(e) = self.unsubscribed_http(&f) {
+                            tracing::error!(
+                                subscription = %subscription_arn,
+                                "SNS: unsubscribed, but no UnsubscribeConfirmation: {}",
+                                e.message
+                            );
+                        }
+                    }
+                    return Ok(SnsResponse::Empty);
                 }
-                let Destination::Queue(queue) = &f.binding.destination else {
-                    return Err(no_subscription());
-                };
-                f.vhost
-                    .unbind_queue(
-                        queue,
-                        &f.topic.name,
-                        &f.binding.routing_key,
-                        f.binding.arguments.clone(),
-                        SNS_CONN,
-                    )
-                    .map_err(internal)?;
-                Ok(SnsResponse::Empty)
+                Err(internal("the subscription kept changing; try again"))
             }
             R::ListSubscriptions { next_token } => {
                 let topics = self.topics_in(ctx);

@@ -26,8 +26,8 @@ use super::sns_fanout::{
     ARG_SUBSCRIPTION_ARN, HEADER_MESSAGE_ID, HEADER_STRUCTURE,
 };
 use super::sns_http::policy::{SubscriptionDeliveryPolicy, TopicDeliveryPolicy};
-use super::sns_http::{DeadLetterSink, DeliveryPolicy, HttpPost, SnsHttp};
-use crate::engine::{Engine, Message, SharedMessage, Table, Value};
+use super::sns_http::{DeadLetterSink, DeadLettered, DeliveryPolicy, HttpPost, SnsHttp};
+use crate::engine::{Engine, ExchangeKind, Message, SharedMessage, Table, Value};
 
 /// Binding argument: the confirmation token of an HTTP/S subscription.
 pub const ARG_TOKEN: &str = "x-sns-confirmation-token";
@@ -198,16 +198,19 @@ impl TopicFanout {
     }
 
     /// Stores the posts `post_http` collected for one message with one fsync (the engine calls
-    /// this after the topic's bindings, before the publisher is answered).
-    pub(super) fn flush_http_posts(&self) {
+    /// this after the topic's bindings, before the publisher is answered). An error means the
+    /// posts are lost, and the publish must not be confirmed.
+    pub(super) fn flush_http_posts(&self) -> Result<(), String> {
         let posts = PENDING_POSTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
         if posts.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Some(http) = self.http.get() {
-            if let Err(e) = http.enqueue_all(posts) {
+        match self.http.get() {
+            Some(http) => http.enqueue_all(posts).map_err(|e| {
                 tracing::error!(error = %e, "SNS HTTP: cannot store posts in the outbox");
-            }
+                format!("cannot store HTTP posts: {e}")
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -220,58 +223,93 @@ thread_local! {
 
 /// Posts whose retries are spent go to the SQS queue of the subscription's RedrivePolicy (same
 /// account and region, so the vhost `aws:<account>:<region>`), as AWS puts them there: the
-/// body that was posted (envelope or raw message), with `ErrorCode`, `ErrorMessage` and
-/// `RequestID` message attributes saying why.
+/// body that was posted (envelope or raw message). AWS's SNS guide documents no message
+/// attributes on these copies (`RequestID`, `ErrorCode`, `ErrorMessage` are what Lambda's
+/// dead-letter queues carry, not SNS's), so none are added; why the delivery failed is logged.
 #[derive(Debug)]
 pub struct SqsDeadLetters {
     pub engine: Arc<Engine>,
+    /// The SQS side, for the dead-letter queue's retention (the copy's TTL, as a message sent
+    /// to that queue gets).
+    pub context: std::sync::Weak<super::AwsContext>,
 }
 
-impl DeadLetterSink for SqsDeadLetters {
-    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str) {
+impl SqsDeadLetters {
+    /// Publishes the copy; the Lsn to wait for, or why it could not be stored.
+    fn store(&self, target_arn: &str, post: &HttpPost) -> Result<u64, String> {
         let fields: Vec<&str> = target_arn.split(':').collect();
         let ["arn", "aws", "sqs", region, account, queue] = fields.as_slice() else {
-            tracing::warn!(
-                target_arn,
-                "SNS HTTP: dead-letter target is not an SQS queue ARN"
-            );
-            return;
+            return Err("the dead-letter target is not an SQS queue ARN".into());
         };
-        let Some(vhost) = self.engine.vhost(&super::vhost_name(account, region)) else {
-            tracing::warn!(
-                target_arn,
-                "SNS HTTP: dead-letter queue's account has no queues"
-            );
-            return;
-        };
+        let vhost = self
+            .engine
+            .vhost(&super::vhost_name(account, region))
+            .ok_or("the dead-letter queue's account and region have no queues")?;
         let mut m = Message::new("", *queue, Bytes::from(post.body.clone()));
+        m.properties.expiration = self
+            .context
+            .upgrade()
+            .and_then(|c| c.sqs.retention_ms(&vhost.name, queue))
+            .map(|ms| ms.to_string());
         m.properties.delivery_mode = Some(2);
         m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
         m.properties.timestamp = Some(super::sns_fanout::now_ms() / 1000);
-        let mut h = Table::new();
-        h.insert(
-            "ErrorCode".into(),
-            Value::long_string("EndpointUnavailable"),
-        );
-        h.insert("ErrorMessage".into(), Value::long_string(reason));
-        h.insert(
-            "RequestID".into(),
-            Value::long_string(post.message_id.clone()),
-        );
-        m.properties.headers = Some(h);
-        match vhost.publish("", m) {
-            Ok(out) if out.routed => tracing::info!(
-                target_arn,
-                message_id = %post.message_id,
-                "SNS HTTP: delivery failed, message moved to the dead-letter queue: {reason}"
-            ),
-            Ok(_) => tracing::warn!(
-                target_arn,
-                message_id = %post.message_id,
-                "SNS HTTP: dead-letter queue does not exist; message dropped"
-            ),
-            Err(e) => tracing::warn!(target_arn, error = %e, "SNS HTTP: dead-lettering failed"),
+        let out = vhost.publish("", m).map_err(|e| e.to_string())?;
+        if !out.routed {
+            return Err("the dead-letter queue does not exist".into());
         }
+        if out.rejected {
+            return Err("the dead-letter queue refused the message".into());
+        }
+        Ok(out.lsn)
+    }
+}
+
+impl DeadLetterSink for SqsDeadLetters {
+    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str) -> DeadLettered {
+        match self.store(target_arn, post) {
+            Ok(lsn) => {
+                tracing::info!(
+                    target_arn,
+                    subscription = %post.subscription_arn,
+                    message_id = %post.message_id,
+                    "SNS HTTP: delivery failed, message moved to the dead-letter queue: {reason}"
+                );
+                let engine = self.engine.clone();
+                Box::pin(async move { engine.wait_durable(lsn).await })
+            }
+            Err(why) => {
+                // AWS counts these (NumberOfNotificationsFailedToRedriveToDlq) and drops them.
+                tracing::warn!(
+                    target_arn,
+                    subscription = %post.subscription_arn,
+                    message_id = %post.message_id,
+                    "SNS HTTP: delivery failed ({reason}) and dead-lettering failed ({why}); message dropped"
+                );
+                Box::pin(async {})
+            }
+        }
+    }
+
+    fn subscribed(&self, subscription_arn: &str) -> bool {
+        let Ok(s) = bridge::sns::SubscriptionArn::parse(subscription_arn) else {
+            return false;
+        };
+        let vhost = super::vhost_name(&s.topic.account, &s.topic.region);
+        let Some(topic) = self
+            .engine
+            .vhost(&vhost)
+            .and_then(|v| v.exchange(&s.topic.name))
+            .filter(|t| t.settings.kind == ExchangeKind::Sns)
+        else {
+            return false;
+        };
+        topic.with_bindings(|bs| {
+            bs.iter().any(|b| {
+                arg(&b.arguments, ARG_SUBSCRIPTION_ARN) == Some(subscription_arn)
+                    && !is_pending(&b.arguments)
+            })
+        })
     }
 }
 

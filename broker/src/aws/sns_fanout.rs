@@ -32,7 +32,7 @@ use super::sns_meta::TopicStore;
 use crate::engine::{Binding, Message, SharedMessage, SnsFanout, Table, Value, GROUP_ID_HEADER};
 
 /// Binding argument: the subscription's ARN (absent on plain AMQP bindings).
-pub const ARG_SUBSCRIPTION_ARN: &str = "x-sns-subscription-arn";
+pub const ARG_SUBSCRIPTION_ARN: &str = crate::engine::sns::SUBSCRIPTION_ARN_ARG;
 pub const ARG_PROTOCOL: &str = "x-sns-protocol";
 pub const ARG_ENDPOINT: &str = "x-sns-endpoint";
 pub const ARG_OWNER: &str = "x-sns-owner";
@@ -402,6 +402,10 @@ impl SnsFanout for TopicFanout {
             self.post_http(vhost, exchange, args, msg);
             return None;
         }
+        if sns_delivery::is_pending(args) {
+            // A subscription of another account's queue, not confirmed yet.
+            return None;
+        }
         if !self.passes_filter(args, msg, arg(args, ARG_PROTOCOL).unwrap_or("default")) {
             return None;
         }
@@ -435,10 +439,12 @@ impl SnsFanout for TopicFanout {
             // Each SQS copy is its own SQS message, with its own id, and expires with the
             // queue's retention as a message sent to it would.
             m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
-            if let crate::engine::Destination::Queue(q) = &binding.destination {
-                if let Some(ms) = self.retention_ms(vhost, q) {
-                    m.properties.expiration = Some(ms.to_string());
-                }
+            let target = match &binding.destination {
+                crate::engine::Destination::Queue(q) => Some((vhost.to_string(), q.clone())),
+                crate::engine::Destination::Exchange(_) => self.foreign_queue(binding),
+            };
+            if let Some(ms) = target.and_then(|(v, q)| self.retention_ms(&v, &q)) {
+                m.properties.expiration = Some(ms.to_string());
             }
         } else if let Some(id) = header(msg, HEADER_MESSAGE_ID) {
             m.properties.message_id = Some(id.to_string());
@@ -446,8 +452,50 @@ impl SnsFanout for TopicFanout {
         Some(Arc::new(m))
     }
 
-    fn bindings_done(&self) {
-        self.flush_http_posts();
+    fn bindings_done(&self) -> Result<(), String> {
+        self.flush_http_posts()
+    }
+
+    fn dead_letter_copy(&self, vhost: &str, queue: &str, msg: SharedMessage) -> SharedMessage {
+        let Some(ms) = self.retention_ms(vhost, queue) else {
+            return msg;
+        };
+        let mut m = (*msg).clone();
+        m.properties.expiration = Some(ms.to_string());
+        Arc::new(m)
+    }
+
+    fn foreign_queue(&self, binding: &Binding) -> Option<(String, String)> {
+        let args = &binding.arguments;
+        if arg(args, ARG_PROTOCOL) != Some("sqs")
+            || !matches!(binding.destination, crate::engine::Destination::Exchange(_))
+        {
+            return None;
+        }
+        let fields: Vec<&str> = arg(args, ARG_ENDPOINT)?.split(':').collect();
+        match fields.as_slice() {
+            ["arn", "aws", "sqs", region, account, queue] => {
+                Some((super::vhost_name(account, region), queue.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    fn dead_letter_queue(&self, binding: &Binding) -> Option<String> {
+        // The RedrivePolicy's queue; validated as an SQS ARN when set, and (as AWS requires)
+        // of the subscription's own account and region, which is this vhost.
+        let arn = sns_delivery::dead_letter_arn(arg(&binding.arguments, ARG_REDRIVE_POLICY))?;
+        let owner = arg(&binding.arguments, ARG_SUBSCRIPTION_ARN)?;
+        let fields: Vec<&str> = arn.split(':').collect();
+        let topic: Vec<&str> = owner.split(':').collect();
+        match (fields.as_slice(), topic.as_slice()) {
+            (["arn", "aws", "sqs", region, account, queue], [_, _, _, r, a, ..])
+                if region == r && account == a =>
+            {
+                Some(queue.to_string())
+            }
+            _ => None,
+        }
     }
 
     fn validate_binding(&self, arguments: &Table) -> Result<(), String> {

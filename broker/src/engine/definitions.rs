@@ -155,7 +155,13 @@ fn snapshot(vhosts: &[Arc<Vhost>]) -> Definitions {
             }
             for b in ex.bindings() {
                 let durable = match &b.destination {
-                    Destination::Queue(q) => durable_queue(q),
+                    // An SNS subscription whose queue was deleted stays (as on AWS).
+                    Destination::Queue(q) => {
+                        durable_queue(q)
+                            || (ex.settings.kind == ExchangeKind::Sns
+                                && super::sns::is_subscription(&b)
+                                && !queues.iter().any(|x| &x.name == q))
+                    }
                     Destination::Exchange(e) => durable_exchange(e),
                 };
                 if durable {

@@ -157,14 +157,23 @@ impl Exchange {
 
     /// Removes every binding to `destination`; returns how many went.
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
+        self.unbind_destination_except(destination, |_| false)
+    }
+
+    /// Removes every binding to `destination` but those `keep` keeps; returns how many went.
+    pub fn unbind_destination_except(
+        &self,
+        destination: &Destination,
+        keep: impl Fn(&Binding) -> bool,
+    ) -> usize {
         let mut b = self.bindings.write();
         let gone: Vec<Binding> = b
             .all
             .iter()
-            .filter(|x| &x.destination == destination)
+            .filter(|x| &x.destination == destination && !keep(x))
             .cloned()
             .collect();
-        b.all.retain(|x| &x.destination != destination);
+        b.all.retain(|x| &x.destination != destination || keep(x));
         for binding in &gone {
             Self::unindex(&mut b, self.settings.kind, binding);
         }

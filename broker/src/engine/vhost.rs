@@ -37,6 +37,9 @@ pub struct PublishOutcome {
     pub rejected: bool,
     /// Wait for this Lsn to be durable before confirming; 0 = nothing to wait for.
     pub lsn: Lsn,
+    /// Part of the fan-out could not be stored (an SNS topic's HTTP posts): the publish must
+    /// not be confirmed. `rejected` is set too, so publisher confirms nack it.
+    pub failed: bool,
 }
 
 #[derive(Debug)]
@@ -469,7 +472,12 @@ impl Vhost {
         }
         let dest = Destination::Queue(q.name.clone());
         for exchange in self.exchanges() {
-            if exchange.unbind_destination(&dest) > 0 {
+            // An SNS subscription outlives its queue, as on AWS: deliveries to it fail (to
+            // its dead-letter queue, if it has one) until a queue of that name exists again.
+            let keep = |b: &Binding| {
+                exchange.settings.kind == ExchangeKind::Sns && super::sns::is_subscription(b)
+            };
+            if exchange.unbind_destination_except(&dest, keep) > 0 {
                 self.auto_delete_exchange(&exchange)?;
             }
         }
@@ -493,7 +501,7 @@ impl Vhost {
     ) -> EngineResult<()> {
         let q = self.queue(queue, conn)?;
         let to = BindingEnd::queue(&q);
-        self.change_binding(exchange, to, routing_key, arguments, Change::Add)
+        self.change_binding(exchange, to, routing_key, arguments, Change::Add, false)
     }
 
     /// queue.unbind; unbinding what is not bound succeeds, as in RabbitMQ.
@@ -507,7 +515,7 @@ impl Vhost {
     ) -> EngineResult<()> {
         let q = self.queue(queue, conn)?;
         let to = BindingEnd::queue(&q);
-        self.change_binding(exchange, to, routing_key, arguments, Change::Remove)
+        self.change_binding(exchange, to, routing_key, arguments, Change::Remove, false)
     }
 
     /// exchange.bind: messages reaching `source` also reach `destination`.
@@ -519,7 +527,7 @@ impl Vhost {
         arguments: Table,
     ) -> EngineResult<()> {
         let to = self.exchange_end(destination)?;
-        self.change_binding(source, to, routing_key, arguments, Change::Add)
+        self.change_binding(source, to, routing_key, arguments, Change::Add, false)
     }
 
     pub fn unbind_exchange(
@@ -530,7 +538,36 @@ impl Vhost {
         arguments: Table,
     ) -> EngineResult<()> {
         let to = self.exchange_end(destination)?;
-        self.change_binding(source, to, routing_key, arguments, Change::Remove)
+        self.change_binding(source, to, routing_key, arguments, Change::Remove, false)
+    }
+
+    /// Binds an SNS subscription (the SNS API only: its `x-sns-*` arguments are refused from
+    /// clients). `destination` is the subscriber's queue, or the topic itself for
+    /// subscriptions the hook serves (HTTP/S endpoints, queues of another vhost).
+    pub fn bind_subscription(
+        &self,
+        source: &str,
+        destination: Destination,
+        arguments: Table,
+    ) -> EngineResult<()> {
+        let to = match &destination {
+            Destination::Queue(q) => BindingEnd::queue(&*self.queue(q, 0)?),
+            Destination::Exchange(e) => self.exchange_end(e)?,
+        };
+        self.change_binding(source, to, "", arguments, Change::Add, true)
+    }
+
+    /// Removes one binding of `source` as it is (an SNS subscription, whose queue may no
+    /// longer exist); false when it was not bound.
+    pub fn remove_binding(&self, source: &str, binding: &Binding) -> EngineResult<bool> {
+        let src = self
+            .exchange(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        if !src.unbind(binding) {
+            return Ok(false);
+        }
+        self.persist_if(src.settings.durable)?;
+        Ok(true)
     }
 
     fn exchange_end(&self, name: &str) -> EngineResult<BindingEnd> {
@@ -553,12 +590,21 @@ impl Vhost {
         routing_key: &str,
         arguments: Table,
         change: Change,
+        trusted: bool,
     ) -> EngineResult<()> {
         let src = self
             .exchange(source)
             .ok_or_else(|| self.no_exchange(source))?;
         if source.is_empty() || to.is_default_exchange {
             return Err(self.default_exchange_refused());
+        }
+        if !trusted && src.settings.kind == ExchangeKind::Sns {
+            if let Some(arg) = super::sns::reserved_argument(&arguments) {
+                return Err(EngineError::access_refused(format!(
+                    "binding argument '{arg}' of SNS topic '{source}' in vhost '{}' is set by the SNS API only",
+                    self.name
+                )));
+            }
         }
         if change == Change::Add {
             super::exchange::validate_binding(src.settings.kind, &arguments)?;
@@ -653,29 +699,81 @@ impl Vhost {
             }
             None => msg,
         };
-        let targets: Vec<(Destination, SharedMessage, String)> = topic.with_bindings(|bs| {
+        /// Where one binding's copy goes: its destination, the copy, the binding's key, the
+        /// dead-letter queue for when the queue is missing, and a queue of another vhost.
+        type Target = (
+            Destination,
+            SharedMessage,
+            String,
+            Option<String>,
+            Option<(String, String)>,
+        );
+        let targets: Vec<Target> = topic.with_bindings(|bs| {
             bs.iter()
                 .filter_map(|b| {
                     let m = match hook {
                         Some(h) => h.message_for(&self.name, &topic.name, b, msg)?,
                         None => msg.clone(),
                     };
-                    Some((b.destination.clone(), m, b.routing_key.clone()))
+                    let foreign = match (&b.destination, hook) {
+                        (Destination::Exchange(_), Some(h)) => h.foreign_queue(b),
+                        _ => None,
+                    };
+                    let dead_letters = match (&b.destination, hook) {
+                        (Destination::Queue(_), Some(h)) => h.dead_letter_queue(b),
+                        (Destination::Exchange(_), Some(h)) if foreign.is_some() => {
+                            h.dead_letter_queue(b)
+                        }
+                        _ => None,
+                    };
+                    Some((
+                        b.destination.clone(),
+                        m,
+                        b.routing_key.clone(),
+                        dead_letters,
+                        foreign,
+                    ))
                 })
                 .collect()
         });
         if let Some(h) = hook {
             // Outside the bindings' lock: the hook may write to disk here.
-            h.bindings_done();
+            if let Err(e) = h.bindings_done() {
+                tracing::error!(topic = %topic.name, "SNS fan-out not stored: {e}");
+                outcome.failed = true;
+                outcome.rejected = true;
+            }
         }
         // Each exchange binding routes from what was visited up to this topic: two bindings to
         // the same exchange (two keys into amq.topic) both deliver, and the topic itself stays
         // visited, so no path leads back into it.
         let base = visited.to_vec();
-        for (dest, m, key) in targets {
+        for (dest, m, key, dead_letters, foreign) in targets {
+            if let Some((vhost, name)) = foreign {
+                // A subscribed queue of another account or region (an SNS self-binding), or
+                // the subscription's dead-letter queue when that queue is missing.
+                let q = self
+                    .shared
+                    .vhost(&vhost)
+                    .and_then(|v| v.queues.read().get(&name).cloned());
+                let (q, m) = match q {
+                    Some(q) => (Some(q), m),
+                    None => self.dead_letter(hook, dead_letters, m),
+                };
+                if let Some(q) = q {
+                    outcome.routed = true;
+                    Self::enqueue(&q, &m, &mut None, outcome);
+                }
+                continue;
+            }
             match dest {
                 Destination::Queue(name) => {
                     let q = self.queues.read().get(&name).cloned();
+                    // A subscription whose queue is gone: its dead-letter queue, if any.
+                    let (q, m) = match q {
+                        Some(q) => (Some(q), m),
+                        None => self.dead_letter(hook, dead_letters, m),
+                    };
                     if let Some(q) = q {
                         outcome.routed = true;
                         Self::enqueue(&q, &m, &mut None, outcome);
@@ -707,6 +805,27 @@ impl Vhost {
                 }
             }
         }
+    }
+
+    /// Where the copy of a subscription whose queue is missing goes: its dead-letter queue in
+    /// this vhost (as that queue takes it), or nowhere.
+    fn dead_letter(
+        &self,
+        hook: Option<&Arc<dyn super::SnsFanout>>,
+        dead_letters: Option<String>,
+        m: SharedMessage,
+    ) -> (Option<Arc<Queue>>, SharedMessage) {
+        let Some(dlq) = dead_letters else {
+            return (None, m);
+        };
+        let Some(q) = self.queues.read().get(&dlq).cloned() else {
+            return (None, m);
+        };
+        let m = match hook {
+            Some(h) => h.dead_letter_copy(&self.name, &dlq, m),
+            None => m,
+        };
+        (Some(q), m)
     }
 
     /// Collects the queues a message reaches from `ex`, following exchange-to-exchange

@@ -31,6 +31,36 @@ impl SnsEngine {
             .unwrap_or(SignatureVersion::V1)
     }
 
+    /// Puts the SubscriptionConfirmation of a subscription of another account's queue into
+    /// that queue (what AWS does: the queue's owner reads the SubscribeURL from it).
+    pub(super) fn confirm_into_queue(
+        &self,
+        queue_vhost: &Vhost,
+        queue: &str,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> Result<(), AwsError> {
+        let post = self.confirmation(MessageType::SubscriptionConfirmation, vhost, topic, args)?;
+        let mut m = Message::new("", queue, bytes::Bytes::from(post.body));
+        m.properties.delivery_mode = Some(2);
+        m.properties.message_id = Some(uuid::Uuid::new_v4().to_string());
+        if queue.ends_with(".fifo") {
+            let mut h = Table::new();
+            h.insert(
+                GROUP_ID_HEADER.into(),
+                Value::long_string("SubscriptionConfirmation"),
+            );
+            h.insert(
+                super::super::sqs::DEDUP_ID_HEADER.into(),
+                Value::long_string(post.message_id),
+            );
+            m.properties.headers = Some(h);
+        }
+        queue_vhost.publish("", m).map_err(internal)?;
+        Ok(())
+    }
+
     /// Stores a SubscriptionConfirmation or UnsubscribeConfirmation post for `args`'s
     /// subscription.
     fn post_confirmation(
@@ -41,6 +71,18 @@ impl SnsEngine {
         topic: &str,
         args: &Table,
     ) -> Result<(), AwsError> {
+        let post = self.confirmation(kind, vhost, topic, args)?;
+        sns_delivery::enqueue(http, post).map_err(internal)
+    }
+
+    /// The signed confirmation envelope of `args`'s subscription, as a post.
+    fn confirmation(
+        &self,
+        kind: MessageType,
+        vhost: &str,
+        topic: &str,
+        args: &Table,
+    ) -> Result<super::super::sns_http::HttpPost, AwsError> {
         let key = self.fanout.signing_key().map_err(internal)?;
         let topic_arn = self.fanout.topic_arn(vhost, topic);
         let token = arg_str(args, ARG_TOKEN).unwrap_or_default();
@@ -63,7 +105,7 @@ impl SnsEngine {
                 ),
             },
         );
-        sns_delivery::enqueue(http, post).map_err(internal)
+        Ok(post)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -86,6 +128,13 @@ impl SnsEngine {
                     "Endpoint Reason: An {protocol} URL must start with {protocol}://"
                 ))
             })?;
+        // AWS: "SNS FIFO topics can't deliver messages to customer managed endpoints, such as
+        // ... HTTP(S) endpoints ... Attempts to subscribe ... result in errors."
+        if self.topics.get(&vhost.name, &topic.name).fifo() {
+            return Err(invalid(format!(
+                "Protocol Reason: FIFO topics deliver to SQS queues only, not to {protocol} endpoints"
+            )));
+        }
         let http = self.fanout.http.get().ok_or_else(|| {
             invalid(format!(
                 "Protocol Reason: {protocol} delivery is not running in this broker"
@@ -109,6 +158,9 @@ impl SnsEngine {
                 .cloned()
         });
         if let Some(b) = existing {
+            if attributes_differ(&b.arguments, &attributes) {
+                return Err(already_subscribed());
+            }
             let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
             let pending = sns_delivery::is_pending(&b.arguments);
             if pending {
@@ -146,15 +198,31 @@ impl SnsEngine {
         }
         // Bound to the topic itself: durable with the topic, never routed (sns_delivery.rs).
         vhost
-            .bind_exchange(&topic.name, &topic.name, "", args.clone())
+            .bind_subscription(
+                &topic.name,
+                Destination::Exchange(topic.name.clone()),
+                args.clone(),
+            )
             .map_err(|e| invalid(format!("Attributes Reason: {e}")))?;
-        self.post_confirmation(
+        if let Err(e) = self.post_confirmation(
             http,
             MessageType::SubscriptionConfirmation,
             &vhost.name,
             &topic.name,
             &args,
-        )?;
+        ) {
+            // No confirmation stored: no subscription either, so that Subscribe can be retried
+            // rather than leave one that can never be confirmed.
+            let b = Binding {
+                destination: Destination::Exchange(topic.name.clone()),
+                routing_key: String::new(),
+                arguments: args,
+            };
+            if let Err(undo) = vhost.remove_binding(&topic.name, &b) {
+                tracing::error!(error = %undo, "SNS: cannot remove an unconfirmable subscription");
+            }
+            return Err(e);
+        }
         Ok(SnsResponse::SubscriptionArn(if return_arn {
             arn
         } else {
@@ -171,36 +239,92 @@ impl SnsEngine {
         token: &str,
     ) -> Result<SnsResponse, AwsError> {
         let (vhost, topic) = self.find_topic(ctx, topic_arn, "TopicArn")?;
-        let found = topic.with_bindings(|bs| {
-            bs.iter()
-                .find(|b| arg_str(&b.arguments, ARG_TOKEN).as_deref() == Some(token))
-                .cloned()
-        });
-        let b = found.ok_or_else(|| invalid("Token"))?;
-        let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
-        if sns_delivery::is_pending(&b.arguments) {
+        for _ in 0..REPLACE_ATTEMPTS {
+            let found = topic.with_bindings(|bs| {
+                bs.iter()
+                    .find(|b| arg_str(&b.arguments, ARG_TOKEN).as_deref() == Some(token))
+                    .cloned()
+            });
+            let Some(b) = found else {
+                return self.restore_subscription(&vhost, &topic, token);
+            };
+            let arn = arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN).unwrap_or_default();
+            if !sns_delivery::is_pending(&b.arguments) {
+                return Ok(SnsResponse::SubscriptionArn(arn));
+            }
             let mut confirmed = b.clone();
             confirmed.arguments.remove(ARG_PENDING);
-            vhost
+            // False: changed meanwhile (attributes set, unsubscribed): look again.
+            if vhost
                 .replace_binding(&topic.name, &b, confirmed)
-                .map_err(internal)?;
+                .map_err(internal)?
+            {
+                return Ok(SnsResponse::SubscriptionArn(arn));
+            }
         }
+        Err(internal("the subscription kept changing; try again"))
+    }
+
+    /// ConfirmSubscription with the token of an UnsubscribeConfirmation: the subscription comes
+    /// back, confirmed, with its ARN and attributes ("To cancel this operation and restore the
+    /// subscription, visit the SubscribeURL included in this message", AWS's words). When the
+    /// endpoint has been subscribed again since, that subscription is the answer.
+    fn restore_subscription(
+        &self,
+        vhost: &Vhost,
+        topic: &Exchange,
+        token: &str,
+    ) -> Result<SnsResponse, AwsError> {
+        let args = self
+            .topics
+            .take_unsubscribed(&vhost.name, &topic.name, token, now_ms() / 1000)
+            .map_err(internal)?
+            .ok_or_else(|| invalid("Token"))?;
+        let protocol = args.get(ARG_PROTOCOL).cloned();
+        let endpoint = args.get(ARG_ENDPOINT).cloned();
+        let again = topic.with_bindings(|bs| {
+            bs.iter()
+                .find(|b| {
+                    arg_str(&b.arguments, ARG_PROTOCOL) == protocol
+                        && arg_str(&b.arguments, ARG_ENDPOINT) == endpoint
+                })
+                .and_then(|b| arg_str(&b.arguments, ARG_SUBSCRIPTION_ARN))
+        });
+        if let Some(arn) = again {
+            return Ok(SnsResponse::SubscriptionArn(arn));
+        }
+        let arn = args.get(ARG_SUBSCRIPTION_ARN).cloned().unwrap_or_default();
+        let table: Table = args
+            .into_iter()
+            .filter(|(k, _)| k != ARG_PENDING)
+            .map(|(k, v)| (k, Value::long_string(v)))
+            .collect();
+        vhost
+            .bind_subscription(
+                &topic.name,
+                Destination::Exchange(topic.name.clone()),
+                table,
+            )
+            .map_err(internal)?;
+        tracing::info!(subscription = %arn, "SNS: subscription restored by its UnsubscribeConfirmation");
         Ok(SnsResponse::SubscriptionArn(arn))
     }
 
-    /// Unsubscribe of an HTTP/S subscription; a confirmed one is told by an
-    /// UnsubscribeConfirmation post.
-    pub(super) fn unsubscribe_http(&self, f: &FoundSubscription) -> Result<SnsResponse, AwsError> {
+    /// After Unsubscribe removed an HTTP/S subscription: a confirmed one is told by an
+    /// UnsubscribeConfirmation post, and kept restorable.
+    pub(super) fn unsubscribed_http(&self, f: &FoundSubscription) -> Result<(), AwsError> {
         let args = &f.binding.arguments;
-        f.vhost
-            .unbind_exchange(
-                &f.topic.name,
-                &f.topic.name,
-                &f.binding.routing_key,
-                args.clone(),
-            )
-            .map_err(internal)?;
         if let (false, Some(http)) = (sns_delivery::is_pending(args), self.fanout.http.get()) {
+            // Restorable for three days by the UnsubscribeConfirmation's SubscribeURL.
+            if let Some(token) = arg_str(args, ARG_TOKEN) {
+                let kept = args
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+                self.topics
+                    .keep_unsubscribed(&f.vhost.name, &f.topic.name, &token, kept, now_ms() / 1000)
+                    .map_err(internal)?;
+            }
             self.post_confirmation(
                 http,
                 MessageType::UnsubscribeConfirmation,
@@ -209,7 +333,7 @@ impl SnsEngine {
                 args,
             )?;
         }
-        Ok(SnsResponse::Empty)
+        Ok(())
     }
 
     /// The subscription's EffectiveDeliveryPolicy (HTTP/S only): the topic's `http` part

@@ -128,10 +128,24 @@ mod message_type_name {
     }
 }
 
-/// Where posts go when their retries are spent: implemented by the broker (an SQS queue named
-/// by the ARN). Called from a delivery task; it must not block for long.
+/// What [`DeadLetterSink::dead_letter`] returns: resolves once the dead-letter copy is durable
+/// (or could not be stored, which the sink logs).
+pub type DeadLettered = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The broker's side of deliveries: where posts go when their retries are spent (an SQS queue
+/// named by the ARN), and whether a subscription still exists. Called from delivery tasks;
+/// neither may block for long.
 pub trait DeadLetterSink: Send + Sync + 'static {
-    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str);
+    /// Stores `post` in the dead-letter queue `target_arn`. The outbox drops the post only
+    /// after the returned future resolves, so a crash in between delivers it to the dead-letter
+    /// queue again rather than losing it.
+    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str) -> DeadLettered;
+
+    /// Whether the subscription still exists: a Notification post of one that was
+    /// unsubscribed (or whose topic was deleted) since it was queued is not attempted again.
+    fn subscribed(&self, _subscription_arn: &str) -> bool {
+        true
+    }
 }
 
 /// The HTTP/S delivery engine; cheap to clone.
@@ -353,6 +367,8 @@ enum Outcome {
     Failed(String),
     /// Shut down before it ended: the post stays pending for the next start.
     Interrupted,
+    /// The subscription no longer exists.
+    Unsubscribed,
 }
 
 impl Inner {
@@ -422,6 +438,13 @@ impl Inner {
         let retry_policy = post.delivery_policy.healthy_retry_policy;
         let mut retry = 0;
         loop {
+            // Unsubscribed since it was queued (or during the retries): AWS stops delivering
+            // to it. Confirmations are posts about the subscription itself and always go.
+            if post.message_type == MessageType::Notification
+                && !self.dead_letters.subscribed(&post.subscription_arn)
+            {
+                return Outcome::Unsubscribed;
+            }
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Outcome::Interrupted,
                 result = self.attempt(&url, post) => result,
@@ -455,6 +478,11 @@ impl Inner {
         match self.run(&post).await {
             Outcome::Interrupted => return,
             Outcome::Delivered => {}
+            Outcome::Unsubscribed => tracing::info!(
+                subscription = %post.subscription_arn,
+                message_id = %post.message_id,
+                "SNS HTTP: subscription gone; its pending post is dropped"
+            ),
             Outcome::Refused(status) => tracing::warn!(
                 endpoint = %without_credentials(&post.endpoint),
                 subscription = %post.subscription_arn,
@@ -462,7 +490,13 @@ impl Inner {
                 "SNS HTTP: the endpoint answered {status}; not retried (as AWS)"
             ),
             Outcome::Failed(reason) => match &post.dead_letter_arn {
-                Some(arn) => self.dead_letters.dead_letter(arn, &post, &reason),
+                Some(arn) => {
+                    // Durable in the queue before the outbox lets go of it.
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = self.dead_letters.dead_letter(arn, &post, &reason) => {}
+                    }
+                }
                 None => tracing::warn!(
                     endpoint = %without_credentials(&post.endpoint),
                     subscription = %post.subscription_arn,

@@ -130,14 +130,28 @@ impl Drop for Endpoint {
 struct Sink {
     posts: parking_lot::Mutex<Vec<(String, HttpPost, String)>>,
     notify: tokio::sync::Notify,
+    /// Set: every subscription is gone (unsubscribed).
+    unsubscribed: std::sync::atomic::AtomicBool,
+    /// Set: a dead letter is durable only once `durable` is notified.
+    hold: std::sync::atomic::AtomicBool,
+    durable: Arc<tokio::sync::Notify>,
 }
 
 impl DeadLetterSink for Sink {
-    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str) {
+    fn dead_letter(&self, target_arn: &str, post: &HttpPost, reason: &str) -> DeadLettered {
         self.posts
             .lock()
             .push((target_arn.to_string(), post.clone(), reason.to_string()));
         self.notify.notify_one();
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            let durable = self.durable.clone();
+            return Box::pin(async move { durable.notified().await });
+        }
+        Box::pin(async {})
+    }
+
+    fn subscribed(&self, _subscription_arn: &str) -> bool {
+        !self.unsubscribed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -392,6 +406,58 @@ async fn spent_retries_go_to_the_dead_letter_sink() {
     endpoint.next().await;
     wait_until_delivered(&http).await;
     assert_eq!(sink.posts.lock().len(), 1);
+}
+
+#[tokio::test]
+async fn the_outbox_keeps_a_dead_letter_until_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut endpoint = Endpoint::start(&[500; 10]).await;
+    let sink = Arc::new(Sink::default());
+    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (http, _shutdown) = start(dir.path(), &["127.0.0.1"], sink.clone());
+    let mut p = post(&endpoint.url("/"), MessageType::Notification, "lost".into());
+    p.delivery_policy = immediate(0);
+    p.dead_letter_arn = Some("arn:aws:sqs:us-east-1:000000000000:dlq".into());
+    http.enqueue(p).unwrap();
+    endpoint.next().await;
+    while sink.posts.lock().is_empty() {
+        sink.notify.notified().await;
+    }
+    // Handed to the dead-letter queue but not yet durable there: still in the outbox, so a
+    // crash now dead-letters it again after the restart instead of losing it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(http.pending(), 1);
+    sink.durable.notify_one();
+    wait_until_delivered(&http).await;
+}
+
+#[tokio::test]
+async fn posts_of_a_subscription_unsubscribed_meanwhile_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut endpoint = Endpoint::start(&[500; 50]).await;
+    let sink = Arc::new(Sink::default());
+    let (http, _shutdown) = start(dir.path(), &["127.0.0.1"], sink.clone());
+    let mut p = post(&endpoint.url("/"), MessageType::Notification, "late".into());
+    // Retries a second apart: the unsubscribe lands between two of them.
+    p.delivery_policy.healthy_retry_policy = HealthyRetryPolicy {
+        min_delay_target: 1,
+        max_delay_target: 1,
+        num_retries: 40,
+        ..HealthyRetryPolicy::default()
+    };
+    p.dead_letter_arn = Some("arn:aws:sqs:us-east-1:000000000000:dlq".into());
+    http.enqueue(p).unwrap();
+    endpoint.next().await;
+    sink.unsubscribed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until_delivered(&http).await;
+    // At most the attempt already under way, and nothing dead-lettered.
+    let mut more = 0;
+    while endpoint.seen.try_recv().is_ok() {
+        more += 1;
+    }
+    assert!(more <= 1, "{more} attempts after the unsubscribe");
+    assert!(sink.posts.lock().is_empty());
 }
 
 #[tokio::test]
