@@ -293,6 +293,13 @@ section! {
         /// Seconds between publishes of the `$SYS/broker/...` statistics (retained, as
         /// Mosquitto's `sys_interval`). 0: no `$SYS/` topics.
         pub sys_interval_secs: u64 = 10,
+        /// Seconds a plain TCP connection may be idle (nothing read, written or delivered,
+        /// nothing in flight waiting for the disk) before it parks: it gives up its task and
+        /// its socket registration, and one epoll instance watches it until a packet, a
+        /// delivery, a takeover, its keep-alive expiry or the shutdown resumes it (as RabbitMQ
+        /// hibernates idle connections; about 0.9 KB less per idle connection). TLS and
+        /// WebSocket connections do not park. 0: never.
+        pub park_after_secs: u64 = 5,
     }
 }
 
@@ -1099,6 +1106,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             sys_interval_secs: self.mqtt.sys_interval_secs,
             fsync: self.fsync,
+            park_after_ms: self.mqtt.park_after_secs.saturating_mul(1000),
         }
     }
 

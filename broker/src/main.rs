@@ -241,6 +241,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    mqtt_ctx.enable_parking(listeners.tracker(), shutdown.clone())?;
     let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
     // SNS delivery to HTTP/S subscribers; resumes the posts pending from before a restart.
     let sns_http = SnsHttp::start(
