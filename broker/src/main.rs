@@ -76,6 +76,12 @@ fn main() -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    if !config.transparent_huge_pages {
+        // Before the runtime and the engine allocate: pages touched from now on are 4 KiB ones.
+        if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+            tracing::debug!(error = %e, "cannot turn transparent huge pages off");
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
