@@ -269,8 +269,13 @@ pub(super) fn resumer(tracker: TaskTracker, shutdown: CancellationToken) -> Resu
     Box::new(move |fd: OwnedFd, parked: Box<Parked>| {
         // Wakers run on any thread: registering the socket needs the runtime's context.
         let _rt = handle.enter();
+        // Ending the session takes the client registry's and the engine's locks, which the
+        // waker's caller may hold (the keep-alive sweeper holds the registry's): in a task.
+        let end = |mut s: Session| {
+            tracker.spawn_on(async move { s.finish() }, &handle);
+        };
         let Parked {
-            mut s,
+            s,
             mut last_recv_ms,
         } = *parked;
         tracing::debug!(peer = %s.peer, client_id = %s.client_id, "MQTT connection resumed");
@@ -282,7 +287,7 @@ pub(super) fn resumer(tracker: TaskTracker, shutdown: CancellationToken) -> Resu
         let n = match (&sock).read(&mut first) {
             Ok(0) => {
                 tracing::debug!(peer = %s.peer, client_id = %s.client_id, "parked MQTT connection closed by the client");
-                s.finish();
+                end(s);
                 return;
             }
             Ok(n) => n,
@@ -296,7 +301,7 @@ pub(super) fn resumer(tracker: TaskTracker, shutdown: CancellationToken) -> Resu
             }
             Err(e) => {
                 tracing::debug!(peer = %s.peer, client_id = %s.client_id, error = %e, "parked MQTT connection failed");
-                s.finish();
+                end(s);
                 return;
             }
         };
@@ -304,7 +309,7 @@ pub(super) fn resumer(tracker: TaskTracker, shutdown: CancellationToken) -> Resu
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(peer = %s.peer, client_id = %s.client_id, error = %e, "cannot resume a parked MQTT connection");
-                s.finish();
+                end(s);
                 return;
             }
         };
