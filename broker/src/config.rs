@@ -304,8 +304,9 @@ section! {
         /// nothing in flight waiting for the disk) before it parks: it gives up its task and
         /// its socket registration, and one epoll instance watches it until a packet, a
         /// delivery, a takeover, its keep-alive expiry or the shutdown resumes it (as RabbitMQ
-        /// hibernates idle connections; about 0.9 KB less per idle connection). TLS and
-        /// WebSocket connections do not park. 0: never.
+        /// hibernates idle connections; about 0.9 KB less per idle connection). A connection
+        /// that has not carried a message yet (it connected, perhaps subscribed) parks as soon
+        /// as it is quiet. TLS and WebSocket connections do not park. 0: never.
         pub park_after_secs: u64 = 5,
     }
 }
