@@ -595,7 +595,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Connection<S> {
     /// Parks the connection (see the module comment): `None` once parked (the task may end),
     /// or the connection back when something came up meanwhile.
     fn park(mut self) -> Option<Self> {
-        let lot = self.ctx.lot.get()?.clone();
+        let Some(lot) = self.ctx.lot.get().cloned() else {
+            self.parkable = false;
+            return Some(self);
+        };
         let Some(fd) = (&self.stream as &dyn Any)
             .downcast_ref::<TcpStream>()
             .map(AsRawFd::as_raw_fd)

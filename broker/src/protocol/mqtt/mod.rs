@@ -154,11 +154,10 @@ impl Takeover {
     }
 
     /// Whether something happened that a connection about to park must handle first (called
-    /// after the parking lot's waker was registered, so that a later one resumes it).
+    /// after the parking lot's waker was registered, so that a later one resumes it). Not the
+    /// shutdown: the lot resumes everything once the token fires, and refuses to park after.
     fn pending(&self) -> bool {
-        self.kicked.load(Ordering::SeqCst)
-            || self.due.load(Ordering::SeqCst)
-            || self.shutdown_woken.load(Ordering::SeqCst)
+        self.kicked.load(Ordering::SeqCst) || self.due.load(Ordering::SeqCst)
     }
 
     /// The waker a kick, an expiry or the sweeper's wake-up wakes while the connection is
