@@ -222,3 +222,27 @@ def test_parked_connections_get_0x8b_on_shutdown(pb):
         assert closed
         # DISCONNECT with reason 0x8B (server shutting down).
         assert data[:1] == b"\xe0" and data[2] == 0x8B, data
+
+
+def test_parked_persistent_session_qos2_both_ways(pb, clients):
+    topic = f"park2/{uuid.uuid4().hex[:6]}"
+    sub = clients(proto=V3, clean=False)
+    sub.connect()
+    sub.subscribe(topic, 2)
+    pub = clients(proto=V3)
+    pub.connect()
+    wait_parked(pb, sub.client_id)
+    wait_parked(pb, pub.client_id)
+    # The publisher's PUBLISH/PUBREL and the subscriber's PUBREC/PUBCOMP each resume one.
+    pub.publish(topic, b"exactly once", 2)
+    m = sub.get()
+    assert (m.payload, m.qos) == (b"exactly once", 2)
+    sub.nothing(0.5)
+    wait_count(pb, "resumed", sub.client_id)
+    wait_count(pb, "resumed", pub.client_id)
+    # Parked again, then a message queued while it is parked reaches it too.
+    n = wait_parked(pb, sub.client_id, at_least=2)
+    pub.publish(topic, b"again", 1)
+    m = sub.get()
+    assert (m.payload, m.qos) == (b"again", 1)
+    wait_count(pb, "resumed", sub.client_id, n)
