@@ -76,6 +76,12 @@ fn main() -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    if !config.transparent_huge_pages {
+        // Before the runtime and the engine allocate: pages touched from now on are 4 KiB ones.
+        if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+            tracing::debug!(error = %e, "cannot turn transparent huge pages off");
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -241,6 +247,7 @@ async fn run(config: Arc<Config>, tls: Option<Tls>) -> anyhow::Result<()> {
         config: config.amqp_config(),
     });
     let mqtt_ctx = MqttContext::new(engine.clone(), config.mqtt_config())?;
+    mqtt_ctx.enable_parking(listeners.tracker(), shutdown.clone())?;
     let aws_ctx = AwsContext::new(engine.clone(), config.aws_config(), &config.data_dir)?;
     // SNS delivery to HTTP/S subscribers; resumes the posts pending from before a restart.
     let sns_http = SnsHttp::start(

@@ -157,6 +157,18 @@ impl<T> Mailbox<T> {
         Poll::Pending
     }
 
+    /// Before the receiver's session parks (net/park.rs): makes `waker` the one the next send
+    /// wakes, if nothing waits and a sender is left. Returns false, registering nothing, when
+    /// an event waits or the channel ended (the session has something to do: it must not park).
+    pub fn park_waker(&mut self, waker: &Waker) -> bool {
+        let mut st = self.shared.state.lock();
+        if !st.queue.is_empty() || self.empty_reason() == TryRecvError::Disconnected {
+            return false;
+        }
+        st.waker = Some(waker.clone());
+        true
+    }
+
     /// The next event; `None` once the queue is empty and every sender is gone.
     ///
     /// # Cancel safety

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub mod park;
 pub mod tls;
 pub mod ws;
 
@@ -150,6 +151,12 @@ impl Listeners {
             connections: TaskTracker::new(),
             accept_loops: Vec::new(),
         }
+    }
+
+    /// The tracker of the connection tasks (resumed parked connections run in it too, so that
+    /// [`Listeners::shutdown`] waits for them).
+    pub fn tracker(&self) -> TaskTracker {
+        self.connections.clone()
     }
 
     /// Starts accepting on `bound`, running `handler(stream, peer, token)` as one task per

@@ -8,9 +8,19 @@
 //! context's keep-alive sweeper wakes it when its keep-alive expired. Here the state is plain fields; what only a
 //! publisher or a persistent session needs (three watch waits) is boxed on first use, the socket is polled without
 //! `split`, and an idle connection holds no read buffer.
+//!
+//! Parking: a plain TCP connection with nothing to do for `park_after_ms` (nothing read,
+//! nothing to write, no engine event waiting, nothing waiting for durability) gives up its task
+//! and its tokio socket registration: [`Connection::park`] hands the socket and a [`Parked`]
+//! record (the session and its keep-alive clock) to the context's parking lot
+//! ([`crate::net::park`]), whose waker it registers where the task's would be (the mailbox, the
+//! takeover/keep-alive signals). Readability, a hang-up, an engine delivery, a takeover, the
+//! keep-alive expiry or the shutdown resume it ([`resumer`]): a new task, the same session.
 
+use std::any::{Any, TypeId};
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -19,13 +29,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use codecs::mqtt::Connect;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 use super::session::{Phase, Session};
 use super::{count, MqttContext, NEVER};
 use crate::engine::mailbox::Mailbox;
+use crate::net::park::Resume;
 use crate::net::Peer;
 
 /// A client must send CONNECT within this.
@@ -38,6 +51,8 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 /// minute), large for a busy publisher (big batches, few syscalls).
 const READ_MIN: usize = 64;
 const READ_MAX: usize = 64 * 1024;
+/// What a resumed connection reads at once, before its socket is back in tokio.
+const READ_FIRST: usize = 4096;
 /// How long a closing connection may take to write what it still has to say.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
@@ -169,6 +184,14 @@ enum Turn {
     Connect(Box<Connect>),
     /// The connection is over.
     Close,
+    /// Idle long enough: park (see [`Connection::park`]).
+    Park,
+}
+
+/// What a parked connection keeps (besides its socket, which the parking lot holds).
+pub(super) struct Parked {
+    s: Session,
+    last_recv_ms: u64,
 }
 
 struct Connection<S> {
@@ -178,8 +201,11 @@ struct Connection<S> {
     rbuf: ReadBuf,
     /// When the last bytes came, in the context's milliseconds ([`MqttContext::now_ms`]).
     last_recv_ms: u64,
-    /// The keep-alive expiry last handed to the sweeper (see [`super::Takeover`]).
-    keep_alive_expiry_ms: u64,
+    /// When the last bytes came, were sent, or an engine event was handled: the idle clock
+    /// of parking.
+    last_active_ms: u64,
+    /// The wake-up time last handed to the sweeper (see [`super::Takeover`]).
+    wake_at_ms: u64,
     /// While connecting, when the CONNECT is due; once closing, when the close gives up
     /// writing. One field: the phases do not overlap.
     deadline: Instant,
@@ -194,6 +220,8 @@ struct Connection<S> {
     shutdown_registered: bool,
     shutdown_seen: bool,
     closing: bool,
+    /// The stream is plain TCP and the context parks idle connections.
+    parkable: bool,
 }
 
 /// Serves one MQTT connection until the peer closes, a protocol error closes it, the session is
@@ -212,11 +240,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer: Peer = peer.into();
-    let mut conn = Connection {
+    let now_ms = ctx.now_ms();
+    let conn = Connection {
         stream,
         s: Session::new(ctx.clone(), &peer),
-        last_recv_ms: ctx.now_ms(),
-        keep_alive_expiry_ms: NEVER,
+        last_recv_ms: now_ms,
+        last_active_ms: now_ms,
+        wake_at_ms: NEVER,
+        parkable: TypeId::of::<S>() == TypeId::of::<TcpStream>() && ctx.lot.get().is_some(),
         ctx,
         rbuf: ReadBuf::new(),
         deadline: Instant::now() + CONNECT_TIMEOUT,
@@ -228,16 +259,122 @@ where
         shutdown_seen: false,
         closing: false,
     };
+    run(conn, shutdown)
+}
+
+/// What resumes a parked connection: its socket back into tokio, and a task in `tracker` that
+/// runs it again with the listeners' `shutdown` token.
+pub(super) fn resumer(tracker: TaskTracker, shutdown: CancellationToken) -> Resume<Box<Parked>> {
+    let handle = tokio::runtime::Handle::current();
+    Box::new(move |fd: OwnedFd, parked: Box<Parked>| {
+        // Wakers run on any thread: registering the socket needs the runtime's context.
+        let _rt = handle.enter();
+        // Ending the session takes the client registry's and the engine's locks, which the
+        // waker's caller may hold (the keep-alive sweeper holds the registry's): in a task.
+        let end = |mut s: Session| {
+            tracker.spawn_on(async move { s.finish() }, &handle);
+        };
+        let Parked {
+            s,
+            mut last_recv_ms,
+        } = *parked;
+        tracing::debug!(peer = %s.peer, client_id = %s.client_id, "MQTT connection resumed");
+        // What the socket has now, read here: a new tokio registration reports the socket
+        // readable only once the reactor has had a turn, and a connection that found nothing
+        // to read would park again at once, and be resumed again at once.
+        let sock = std::net::TcpStream::from(fd);
+        let mut first = [0u8; READ_FIRST];
+        let n = match (&sock).read(&mut first) {
+            Ok(0) => {
+                tracing::debug!(peer = %s.peer, client_id = %s.client_id, "parked MQTT connection closed by the client");
+                end(s);
+                return;
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => {
+                tracing::debug!(peer = %s.peer, client_id = %s.client_id, error = %e, "parked MQTT connection failed");
+                end(s);
+                return;
+            }
+        };
+        let stream = match TcpStream::from_std(sock) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(peer = %s.peer, client_id = %s.client_id, error = %e, "cannot resume a parked MQTT connection");
+                end(s);
+                return;
+            }
+        };
+        let ctx = s.ctx().clone();
+        let mut rbuf = ReadBuf::new();
+        if n > 0 {
+            rbuf.buf.extend_from_slice(&first[..n]);
+            last_recv_ms = ctx.now_ms();
+            count(&ctx.stats.bytes_received, n as u64);
+        }
+        let conn = Connection {
+            stream,
+            s,
+            last_recv_ms,
+            last_active_ms: ctx.now_ms(),
+            wake_at_ms: NEVER,
+            parkable: true,
+            ctx,
+            rbuf,
+            deadline: Instant::now(),
+            timer: None,
+            waits: None,
+            unflushed: false,
+            blocked: false,
+            shutdown_registered: false,
+            shutdown_seen: false,
+            closing: false,
+        };
+        tracker.spawn_on(run(conn, shutdown.clone()), &handle);
+    })
+}
+
+/// Runs a connection until it closes or parks. Not an `async fn`, for the reason [`serve`]
+/// gives: the connection is used in place, not copied into a local of the future.
+#[allow(clippy::manual_async_fn)]
+fn run<S>(mut conn: Connection<S>, shutdown: CancellationToken) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     async move {
-        {
-            // One shutdown waiter for the connection's life: building one every turn would
-            // register and drop a waiter per batch.
-            let shutdown = shutdown.cancelled_owned();
-            tokio::pin!(shutdown);
-            while let Turn::Connect(c) = poll_fn(|cx| conn.poll_turn(cx, shutdown.as_mut())).await {
-                // Boxed: CONNECT happens once, and its future would otherwise make every
-                // connection's task bigger for its whole life.
-                Box::pin(conn.s.on_connect(*c)).await;
+        loop {
+            let turn = {
+                // One shutdown waiter for the connection's life: building one every turn would
+                // register and drop a waiter per batch.
+                let waiter = shutdown.clone().cancelled_owned();
+                tokio::pin!(waiter);
+                loop {
+                    match poll_fn(|cx| conn.poll_turn(cx, waiter.as_mut())).await {
+                        // Boxed: CONNECT happens once, and its future would otherwise make
+                        // every connection's task bigger for its whole life.
+                        Turn::Connect(c) => Box::pin(conn.s.on_connect(*c)).await,
+                        turn => break turn,
+                    }
+                }
+            };
+            match turn {
+                Turn::Park => match conn.park() {
+                    None => return,
+                    Some(refused) => {
+                        conn = refused;
+                        // The next pass has a new waiter to register.
+                        conn.shutdown_registered = false;
+                    }
+                },
+                _ => break,
             }
         }
         conn.s.finish();
@@ -249,7 +386,7 @@ where
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Connection<S> {
     /// Runs the connection until it needs an `await` of its own (a CONNECT) or is over.
     ///
     /// Each pass first does what needs no waiting (decode what was read, take engine events,
@@ -300,16 +437,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // A change before the receivers existed wakes nobody: look again.
                 continue;
             }
-            // MQTT-3.1.2-24: closed after 1.5 times the keep-alive without a packet.
-            let keep_alive_expiry_ms =
-                if s.phase == Phase::Open && s.keep_alive > 0 && !self.blocked {
-                    self.last_recv_ms + u64::from(s.keep_alive) * 1500
-                } else {
-                    NEVER
-                };
-            if keep_alive_expiry_ms != self.keep_alive_expiry_ms {
-                self.keep_alive_expiry_ms = keep_alive_expiry_ms;
-                s.signals.keep_alive_until(keep_alive_expiry_ms);
+            let keep_alive_expiry_ms = keep_alive_expiry_ms(s, self.last_recv_ms, self.blocked);
+            let park_at_ms = if self.parkable && s.phase == Phase::Open && !self.blocked {
+                self.last_active_ms + self.ctx.config.park_after_ms
+            } else {
+                NEVER
+            };
+            let wake_at_ms = keep_alive_expiry_ms.min(park_at_ms);
+            if wake_at_ms != self.wake_at_ms {
+                self.wake_at_ms = wake_at_ms;
+                s.signals.wake_at(wake_at_ms);
             }
             if s.phase == Phase::Connecting || self.closing {
                 let deadline = self.deadline;
@@ -322,6 +459,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             } else {
                 self.timer = None;
             }
+
+            // Nothing buffered either way and nothing waiting for the disk: parking loses nothing.
+            let quiet = self.parkable
+                && self.rbuf.buf.is_empty()
+                && s.out.is_empty()
+                && !self.unflushed
+                && !self.closing
+                && !self.blocked
+                && !wants_durable
+                && !wants_journal
+                && s.parkable();
 
             // Sources that change the phase: handled alone, then the pass starts again.
             s.signals.register(cx);
@@ -357,11 +505,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::info!(peer = %s.peer, "no CONNECT in time");
                 return Poll::Ready(Turn::Close);
             }
-            if s.phase == Phase::Open && s.signals.take_expired() {
-                // The sweeper may have looked just before a read moved the expiry on.
-                if self.ctx.now_ms() >= self.keep_alive_expiry_ms {
+            if s.phase == Phase::Open && s.signals.take_due() {
+                // The sweeper may have looked just before a read moved the times on.
+                let now_ms = self.ctx.now_ms();
+                if now_ms >= keep_alive_expiry_ms {
                     tracing::info!(peer = %s.peer, client_id = %s.client_id, "keep-alive timeout, closing");
                     s.on_keep_alive_timeout();
+                } else if now_ms >= park_at_ms {
+                    if quiet {
+                        return Poll::Ready(Turn::Park);
+                    }
+                    // Busy after all: look again after another idle spell.
+                    self.last_active_ms = now_ms;
                 }
                 continue;
             }
@@ -422,9 +577,83 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             if !progress {
+                // A connection that has carried no message yet (it connected, perhaps
+                // subscribed) parks as soon as it is quiet: after a reconnect storm, thousands
+                // of such connections would otherwise all hold a task at once, and the memory
+                // of that peak stays with the process (the allocator keeps it).
+                if quiet && !s.publisher && !s.delivered {
+                    return Poll::Ready(Turn::Park);
+                }
                 return Poll::Pending;
             }
+            if self.parkable {
+                self.last_active_ms = self.ctx.now_ms();
+            }
         }
+    }
+
+    /// Parks the connection (see the module comment): `None` once parked (the task may end),
+    /// or the connection back when something came up meanwhile.
+    fn park(mut self) -> Option<Self> {
+        let Some(lot) = self.ctx.lot.get().cloned() else {
+            self.parkable = false;
+            return Some(self);
+        };
+        let Some(fd) = (&self.stream as &dyn Any)
+            .downcast_ref::<TcpStream>()
+            .map(AsRawFd::as_raw_fd)
+        else {
+            self.parkable = false;
+            return Some(self);
+        };
+        // The lot's waker first, then a look at what could have woken us: what comes after
+        // resumes the parked connection.
+        let waker = lot.waker(fd);
+        self.s.signals.register_waker(&waker);
+        let quiet = self.s.rx.as_mut().is_none_or(|rx| rx.park_waker(&waker));
+        if !quiet || self.s.signals.pending() {
+            self.last_active_ms = self.ctx.now_ms();
+            return Some(self);
+        }
+        let mut stream = Some(self.stream);
+        let Some(tcp) = (&mut stream as &mut dyn Any)
+            .downcast_mut::<Option<TcpStream>>()
+            .and_then(Option::take)
+        else {
+            unreachable!("the stream is a TcpStream (looked at above)");
+        };
+        let s = &mut self.s;
+        let sock = match tcp.into_std() {
+            Ok(sock) => OwnedFd::from(sock),
+            Err(e) => {
+                tracing::warn!(peer = %s.peer, client_id = %s.client_id, error = %e, "cannot park an MQTT connection; closing it");
+                s.finish();
+                return None;
+            }
+        };
+        // What an idle connection does not need while parked.
+        s.out = bytes::BytesMut::new();
+        s.signals
+            .wake_at(keep_alive_expiry_ms(s, self.last_recv_ms, false));
+        tracing::debug!(peer = %s.peer, client_id = %s.client_id, "MQTT connection parked");
+        lot.park(
+            sock,
+            Box::new(Parked {
+                s: self.s,
+                last_recv_ms: self.last_recv_ms,
+            }),
+        );
+        None
+    }
+}
+
+/// MQTT-3.1.2-24: closed after 1.5 times the keep-alive without a packet ([`NEVER`]: no
+/// keep-alive, not open, or suspended while the memory alarm blocks reading).
+fn keep_alive_expiry_ms(s: &Session, last_recv_ms: u64, blocked: bool) -> u64 {
+    if s.phase == Phase::Open && s.keep_alive > 0 && !blocked {
+        last_recv_ms + u64::from(s.keep_alive) * 1500
+    } else {
+        NEVER
     }
 }
 

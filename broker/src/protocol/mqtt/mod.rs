@@ -28,7 +28,7 @@ pub use connection::serve;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;
 use std::time::Duration;
 
@@ -37,8 +37,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::engine::{ConnectionId, Engine};
+use crate::net::park::ParkingLot;
 
 /// MQTT listener settings (see config.rs for defaults and docs).
 #[derive(Debug, Clone)]
@@ -55,6 +57,9 @@ pub struct MqttConfig {
     /// fdatasync the session journal (`mqtt-sessions.log`) before what waits for it (the
     /// engine's `fsync` setting).
     pub fsync: bool,
+    /// A plain TCP connection idle this long parks (gives up its task and its socket
+    /// registration until something concerns it; see [`crate::net::park`]); 0: never.
+    pub park_after_ms: u64,
 }
 
 impl Default for MqttConfig {
@@ -67,6 +72,7 @@ impl Default for MqttConfig {
             data_dir: PathBuf::from("wharf-data"),
             sys_interval_secs: 10,
             fsync: true,
+            park_after_ms: 5000,
         }
     }
 }
@@ -91,18 +97,19 @@ struct Takeover {
     /// The connection's task, woken by [`Takeover::kick`]: a waker slot rather than a waiter on
     /// a `Notify`, which the task would have to keep (64 bytes) for its whole life.
     kick_waker: AtomicWaker,
-    /// Set by the keep-alive sweeper: nothing came from the client in time.
-    expired: AtomicBool,
+    /// Set by the keep-alive sweeper: `wake_at_ms` passed (the keep-alive expired, or the
+    /// connection has been idle long enough to park).
+    due: AtomicBool,
     /// Set when the listeners' shutdown token woke this connection (this struct is the waker
     /// the connection's shutdown waiter is registered with). The connection looks at this flag
     /// each turn instead of polling the waiter, which would lock the token's waiter list, one
     /// lock shared by every connection, every turn.
     shutdown_woken: AtomicBool,
-    /// When the keep-alive expires, in milliseconds since the context started ([`NEVER`]: no
-    /// keep-alive, or suspended). Set by the connection as it reads, checked by
-    /// [`sweep_keep_alives`]: one task for all connections instead of a timer in each (112
-    /// bytes in every task).
-    keep_alive_expiry_ms: AtomicU64,
+    /// When the connection wants to be woken, in milliseconds since the context started
+    /// ([`NEVER`]: not at all): the earlier of its keep-alive expiry and the time it may park.
+    /// Set by the connection as it reads, checked by [`sweep_keep_alives`]: one task for all
+    /// connections instead of a timer in each (112 bytes in every task).
+    wake_at_ms: AtomicU64,
     /// Fired by the session once it has released everything.
     done: Signal,
 }
@@ -119,30 +126,44 @@ impl Takeover {
         Takeover {
             kicked: AtomicBool::new(false),
             kick_waker: AtomicWaker::new(),
-            expired: AtomicBool::new(false),
+            due: AtomicBool::new(false),
             shutdown_woken: AtomicBool::new(false),
-            keep_alive_expiry_ms: AtomicU64::new(NEVER),
+            wake_at_ms: AtomicU64::new(NEVER),
             done: Signal::default(),
         }
     }
 
-    /// The keep-alive now expires at `at_ms` ([`NEVER`]: not at all).
-    fn keep_alive_until(&self, at_ms: u64) {
-        self.keep_alive_expiry_ms.store(at_ms, Ordering::Relaxed);
+    /// The sweeper wakes the connection at `at_ms` ([`NEVER`]: not at all).
+    fn wake_at(&self, at_ms: u64) {
+        self.wake_at_ms.store(at_ms, Ordering::Relaxed);
     }
 
-    /// Called by the sweeper: marks the keep-alive expired and wakes the connection.
-    fn check_keep_alive(&self, now_ms: u64) {
-        if now_ms >= self.keep_alive_expiry_ms.load(Ordering::Relaxed)
-            && !self.expired.swap(true, Ordering::SeqCst)
+    /// Called by the sweeper: marks the wake-up time passed and wakes the connection (a
+    /// parked one through the parking lot's waker).
+    fn check_due(&self, now_ms: u64) {
+        if now_ms >= self.wake_at_ms.load(Ordering::Relaxed)
+            && !self.due.swap(true, Ordering::SeqCst)
         {
             self.kick_waker.wake();
         }
     }
 
-    /// Whether the sweeper found the keep-alive expired since the last call.
-    fn take_expired(&self) -> bool {
-        self.expired.swap(false, Ordering::SeqCst)
+    /// Whether the sweeper found the wake-up time passed since the last call.
+    fn take_due(&self) -> bool {
+        self.due.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether something happened that a connection about to park must handle first (called
+    /// after the parking lot's waker was registered, so that a later one resumes it). Not the
+    /// shutdown: the lot resumes everything once the token fires, and refuses to park after.
+    fn pending(&self) -> bool {
+        self.kicked.load(Ordering::SeqCst) || self.due.load(Ordering::SeqCst)
+    }
+
+    /// The waker a kick, an expiry or the sweeper's wake-up wakes while the connection is
+    /// parked.
+    fn register_waker(&self, waker: &std::task::Waker) {
+        self.kick_waker.register(waker);
     }
 
     fn kick(&self) {
@@ -223,6 +244,8 @@ pub struct MqttContext {
     shared_offline: Mutex<HashMap<String, OfflineShared>>,
     retained: retained::Retained,
     stats: Stats,
+    /// Where idle plain-TCP connections park (see [`MqttContext::enable_parking`]).
+    lot: OnceLock<ParkingLot<Box<connection::Parked>>>,
 }
 
 /// Counters for `$SYS/` (as Mosquitto names them).
@@ -270,9 +293,33 @@ impl MqttContext {
                 bytes_sent: AtomicU64::new(0),
                 subscriptions: AtomicI64::new(0),
             },
+            lot: OnceLock::new(),
         }))
         .inspect(start_sys)
         .inspect(start_keep_alive_sweeper)
+    }
+
+    /// Lets idle plain-TCP connections park after `park_after_ms` (nothing happens when that
+    /// is 0). `tracker` is the one the listeners run connection tasks in (resumed connections
+    /// run there too); `shutdown` is the token the listeners give sessions: when it fires,
+    /// every parked connection is resumed and closes as the others do. Must run inside the
+    /// tokio runtime, once.
+    ///
+    /// # Errors
+    /// The parking lot's epoll instance could not be made.
+    pub fn enable_parking(
+        &self,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        if self.config.park_after_ms == 0 || self.lot.get().is_some() {
+            return Ok(());
+        }
+        let hold = tracker.token();
+        let resume = connection::resumer(tracker, shutdown.clone());
+        let lot = ParkingLot::start(resume, shutdown, Some(hold))?;
+        let _ = self.lot.set(lot);
+        Ok(())
     }
 
     /// Milliseconds since the context started: the clock of keep-alive expiries.
@@ -306,6 +353,14 @@ impl MqttContext {
             ("$SYS/broker/publish/messages/sent", get(&s.publish_sent)),
             ("$SYS/broker/load/bytes/received", get(&s.bytes_received)),
             ("$SYS/broker/load/bytes/sent", get(&s.bytes_sent)),
+            (
+                "$SYS/broker/clients/parked",
+                self.lot.get().map_or(0, ParkingLot::parked).to_string(),
+            ),
+            (
+                "$SYS/broker/clients/resumed",
+                self.lot.get().map_or(0, ParkingLot::resumed).to_string(),
+            ),
             (
                 "$SYS/broker/subscriptions/count",
                 s.subscriptions.load(Ordering::Relaxed).max(0).to_string(),
@@ -364,11 +419,12 @@ fn start_keep_alive_sweeper(ctx: &Arc<MqttContext>) {
     });
 }
 
-/// Wakes every open session whose keep-alive expired (they are all in the client registry).
+/// Wakes every open session whose keep-alive expired or that may park (they are all in the
+/// client registry, parked ones too).
 fn sweep_keep_alives(ctx: &MqttContext) {
     let now_ms = ctx.now_ms();
     for c in ctx.clients.lock().values() {
-        c.signals.check_keep_alive(now_ms);
+        c.signals.check_due(now_ms);
     }
 }
 

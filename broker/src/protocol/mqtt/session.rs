@@ -237,6 +237,8 @@ pub(super) struct Session {
     problem_info: bool,
     /// The client has published: blocked while the memory alarm is on.
     pub(super) publisher: bool,
+    /// The session has delivered a message to the client (see connection.rs: parking).
+    pub(super) delivered: bool,
     pub(super) signals: Arc<Takeover>,
     registered: bool,
 }
@@ -275,9 +277,24 @@ impl Session {
             client_packet_max: None,
             problem_info: true,
             publisher: false,
+            delivered: false,
             signals: Arc::new(Takeover::new()),
             registered: false,
         }
+    }
+
+    pub(super) fn ctx(&self) -> &Arc<MqttContext> {
+        &self.ctx
+    }
+
+    /// Nothing waits for durability or for a packet: the connection may park (the mailbox is
+    /// looked at when the parking lot's waker is registered).
+    pub(super) fn parkable(&self) -> bool {
+        self.phase == Phase::Open
+            && self
+                .rare
+                .as_deref()
+                .is_none_or(|r| r.gated.is_empty() && r.gated_out.is_empty())
     }
 
     fn take_out_flight(&mut self, packet_id: u16) -> Option<OutFlight> {
@@ -1452,6 +1469,7 @@ impl Session {
                 consumer_tag,
                 ..
             } => {
+                self.delivered = true;
                 if &*consumer_tag == CONSUMER_TAG {
                     self.deliver(delivery);
                 } else {
