@@ -307,6 +307,7 @@ pub struct SendMessageOutput {
     pub md5_of_message_body: String,
     #[serde(
         rename = "MD5OfMessageAttributes",
+        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub md5_of_message_attributes: Option<String>,
@@ -416,8 +417,9 @@ pub struct ReceiveMessageInput {
 }
 
 /// A received message. Backends fill every system and message attribute; the bridge keeps the
-/// ones the request named and computes the digests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// ones the request named and computes the digests. Deserialize: the broker journals the
+/// answers of FIFO receive attempts so they replay after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     #[serde(rename = "MessageId")]
     pub message_id: String,
@@ -427,15 +429,21 @@ pub struct Message {
     pub md5_of_body: String,
     #[serde(rename = "Body")]
     pub body: String,
-    #[serde(rename = "Attributes", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "Attributes",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub attributes: Attributes,
     #[serde(
         rename = "MD5OfMessageAttributes",
+        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub md5_of_message_attributes: Option<String>,
     #[serde(
         rename = "MessageAttributes",
+        default,
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub message_attributes: MessageAttributes,

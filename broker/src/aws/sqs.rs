@@ -44,6 +44,9 @@ const SQS_CONN: u64 = 0;
 const PURGE_INTERVAL_MS: u64 = 60_000;
 /// After DeleteQueue, AWS refuses a queue of the same name for 60 seconds.
 const RECREATE_INTERVAL_MS: u64 = 60_000;
+/// The total size of a SendMessageBatch's messages: AWS's ceiling for one message (1 MiB),
+/// whatever the queue's MaximumMessageSize.
+const BATCH_BYTES_MAX: usize = 1_048_576;
 /// ListQueues returns at most 1000 URLs.
 const LIST_MAX: usize = 1000;
 /// Header carrying a FIFO message's deduplication id.
@@ -83,11 +86,12 @@ pub struct SqsEngine {
     sequence: AtomicU64,
     /// Message move tasks of this process, oldest first.
     move_tasks: Mutex<Vec<Arc<MoveTask>>>,
-    /// (vhost, queue name) -> when SQS deleted it, ms: CreateQueue of that name fails with
-    /// QueueDeletedRecently for 60 s, as on AWS. In memory: a restart forgets it.
-    deleted: Mutex<HashMap<(String, String), u64>>,
-    /// FIFO ReceiveRequestAttemptId answers.
+    /// FIFO ReceiveRequestAttemptId answers, journaled (see `receive_attempts`).
     attempts: ReceiveAttempts,
+    /// Receipt handles of an earlier process that name a lease restored at startup (the
+    /// messages of a replayable receive attempt): (boot, queue id, delivery id) -> the
+    /// delivery id of that lease now.
+    restored_receipts: Mutex<HashMap<(u64, u64, u64), DeliveryId>>,
 }
 
 /// A queue found from a request's QueueUrl.
@@ -112,15 +116,48 @@ impl SqsEngine {
                 q.set_hold_groups(m.config().fifo);
             }
         }
+        let now = now_ms();
+        let (attempts, restorable) = ReceiveAttempts::open(data_dir, now)?;
+        let mut restored = Vec::new();
+        let mut restored_receipts = HashMap::new();
+        for r in restorable {
+            let Some(q) = engine
+                .vhost(&r.key.0)
+                .and_then(|v| v.queues().into_iter().find(|q| q.id == r.key.1))
+            else {
+                continue;
+            };
+            let leases: Vec<_> = r
+                .messages
+                .iter()
+                .map(|(id, v, a, _)| (*id, *v, *a))
+                .collect();
+            let Some(ids) = q.restore_leases(&leases) else {
+                continue;
+            };
+            for ((_, _, _, m), id) in r.messages.iter().zip(&ids) {
+                if let Some((boot, qid, did)) = decode_receipt(&m.receipt_handle) {
+                    restored_receipts.insert((boot, qid, did), *id);
+                }
+            }
+            restored.push((r, q, ids));
+        }
+        if !restored.is_empty() {
+            tracing::info!(
+                answers = restored.len(),
+                "SQS receive attempts restored with their leases"
+            );
+        }
+        attempts.restored(restored, now)?;
         Ok(SqsEngine {
             engine,
             meta,
             boot: rand::random(),
-            dedup: DedupStore::open(data_dir, now_ms())?,
-            sequence: AtomicU64::new(now_ms() * 1_000),
+            dedup: DedupStore::open(data_dir, now)?,
+            sequence: AtomicU64::new(now * 1_000),
             move_tasks: Mutex::new(Vec::new()),
-            deleted: Mutex::new(HashMap::new()),
-            attempts: ReceiveAttempts::default(),
+            attempts,
+            restored_receipts: Mutex::new(restored_receipts),
         })
     }
 
@@ -204,21 +241,18 @@ impl SqsEngine {
                 "The input receipt handle \"{handle}\" is not a valid receipt handle."
             ))
         };
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(handle)
-            .map_err(|_| invalid())?;
-        let text = String::from_utf8(raw).map_err(|_| invalid())?;
-        let f: Vec<&str> = text.split(':').collect();
-        let [boot, qid, did, _nonce] = f.as_slice() else {
-            return Err(invalid());
-        };
-        let boot = u64::from_str_radix(boot, 16).map_err(|_| invalid())?;
-        let qid: u64 = qid.parse().map_err(|_| invalid())?;
-        let did: u64 = did.parse().map_err(|_| invalid())?;
+        let (boot, qid, did) = decode_receipt(handle).ok_or_else(invalid)?;
         if qid != q.id {
             return Err(invalid());
         }
-        Ok((boot == self.boot).then_some(did))
+        if boot == self.boot {
+            return Ok(Some(did));
+        }
+        Ok(self
+            .restored_receipts
+            .lock()
+            .get(&(boot, qid, did))
+            .copied())
     }
 
     async fn create_queue(
@@ -253,9 +287,8 @@ impl SqsEngine {
             }
             return Ok(SqsResponse::CreateQueue(QueueUrlOutput { queue_url: url }));
         }
-        let key = (vname.clone(), i.queue_name.clone());
-        if let Some(at) = self.deleted.lock().get(&key) {
-            if now_ms().saturating_sub(*at) < RECREATE_INTERVAL_MS {
+        if let Some(at) = self.meta.deleted_at(&vname, &i.queue_name) {
+            if now_ms().saturating_sub(at) < RECREATE_INTERVAL_MS {
                 return Err(AwsError::queue_deleted_recently(
                     "You must wait 60 seconds after deleting a queue before you can create another with the same name.",
                 ));
@@ -542,10 +575,11 @@ impl SqsEngine {
             .iter()
             .map(|e| message_size(&e.to_send(&i.queue_url)))
             .sum();
-        let max = f.config.maximum_message_bytes as usize;
-        if total > max {
+        // AWS: the batch's total is capped at the service's message size ceiling whatever the
+        // queue's MaximumMessageSize; each entry is still held to that attribute (in `send`).
+        if total > BATCH_BYTES_MAX {
             return Err(AwsError::batch_request_too_long(format!(
-                "Batch requests cannot be longer than {max} bytes. You have sent {total} bytes."
+                "Batch requests cannot be longer than {BATCH_BYTES_MAX} bytes. You have sent {total} bytes."
             )));
         }
         let mut out = SendMessageBatchOutput {
@@ -624,7 +658,7 @@ impl SqsEngine {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         };
-        let answer: Vec<(DeliveryId, bridge::sqs::Message)> = got
+        let answer: Vec<(DeliveryId, u64, bridge::sqs::Message)> = got
             .into_iter()
             .map(|r| {
                 let m = &r.delivery.message;
@@ -672,14 +706,14 @@ impl SqsEngine {
                     md5_of_message_attributes: None,
                     message_attributes: mapping::from_headers(headers),
                 };
-                (r.delivery.id, message)
+                (r.delivery.id, r.delivery.msg_id, message)
             })
             .collect();
         if let Some(key) = attempt {
             self.attempts.record(key, q, &answer, now_ms());
         }
         Ok(SqsResponse::ReceiveMessage(ReceiveMessageOutput {
-            messages: answer.into_iter().map(|(_, m)| m).collect(),
+            messages: answer.into_iter().map(|(_, _, m)| m).collect(),
         }))
     }
 
@@ -716,6 +750,11 @@ impl SqsEngine {
         if f.queue
             .change_visibility(id, Duration::from_secs(secs as u64))
         {
+            if f.config.fifo {
+                // A receive attempt holding it can no longer be replayed, after a restart too.
+                self.attempts
+                    .touched(&f.vhost.name, f.queue.id, id, now_ms());
+            }
             Ok(())
         } else {
             Err(not_inflight())
@@ -965,12 +1004,16 @@ impl SqsEngine {
             R::DeleteQueue(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
                 f.vhost.delete_queue_unchecked(&f.queue).map_err(internal)?;
-                let vname = Self::vhost_name(ctx);
-                self.meta.remove(&vname, &f.queue.name).map_err(internal)?;
-                let now = now_ms();
-                let mut deleted = self.deleted.lock();
-                deleted.retain(|_, at| now.saturating_sub(*at) < RECREATE_INTERVAL_MS);
-                deleted.insert((vname, f.queue.name.clone()), now);
+                // One write drops the settings and remembers the name for 60 s, so a restart
+                // still refuses it (QueueDeletedRecently).
+                self.meta
+                    .remove_deleted(
+                        &Self::vhost_name(ctx),
+                        &f.queue.name,
+                        now_ms(),
+                        RECREATE_INTERVAL_MS,
+                    )
+                    .map_err(internal)?;
                 SqsResponse::DeleteQueue(Empty {})
             }
             R::PurgeQueue(i) => {
@@ -1101,6 +1144,23 @@ impl SqsEngine {
             R::RemovePermission(i) => return self.remove_permission(ctx, i),
         })
     }
+}
+
+/// (boot, queue id, delivery id) of a well-formed receipt handle.
+fn decode_receipt(handle: &str) -> Option<(u64, u64, u64)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(handle)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let f: Vec<&str> = text.split(':').collect();
+    let [boot, qid, did, _nonce] = f.as_slice() else {
+        return None;
+    };
+    Some((
+        u64::from_str_radix(boot, 16).ok()?,
+        qid.parse().ok()?,
+        did.parse().ok()?,
+    ))
 }
 
 /// What the FIFO rules decided for a send.

@@ -1132,6 +1132,52 @@ impl Queue {
         true
     }
 
+    /// Puts ready messages back under the deadline leases they had before a restart (SQS
+    /// ReceiveRequestAttemptId answers, which must stay replayable): each `(store msg_id,
+    /// visible in, received ago)` is taken from the ready messages by its store id. All or
+    /// nothing: when one of them is not ready here (acked, purged, expired, taken by a
+    /// consumer), none is leased and `None` is returned. Otherwise the new delivery ids, in
+    /// the order given.
+    pub fn restore_leases(&self, leases: &[(u64, Duration, Duration)]) -> Option<Vec<DeliveryId>> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let ready = |st: &State, id: u64| {
+            id != 0
+                && st
+                    .ready
+                    .iter()
+                    .any(|lane| lane.iter().any(|e| e.msg_id == id))
+        };
+        if leases.iter().any(|(id, _, _)| !ready(&st, *id)) {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(leases.len());
+        for &(msg_id, visible_in, received_ago) in leases {
+            let mut entry = self.pop_ready_where(&mut st, |e| e.msg_id == msg_id)?;
+            entry.delivery_count += 1;
+            if entry.first_delivered_ms == 0 {
+                entry.first_delivered_ms =
+                    now_millis().saturating_sub(received_ago.as_millis() as u64);
+            }
+            let id = st.next_delivery_id;
+            st.next_delivery_id += 1;
+            let at = now + visible_in;
+            Self::note_deadline(&mut st, at);
+            st.in_flight.insert(
+                id,
+                InFlight {
+                    entry,
+                    lease: Lease::Deadline {
+                        at,
+                        received: now.checked_sub(received_ago).unwrap_or(now),
+                    },
+                },
+            );
+            ids.push(id);
+        }
+        Some(ids)
+    }
+
     /// Gives the channel's consumers' credit a chance after acks on another queue freed
     /// channel-wide prefetch, or after channel.flow turned delivery back on.
     pub fn kick(&self) {
