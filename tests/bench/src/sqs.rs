@@ -8,6 +8,8 @@
 //! connection, no pool). msgs/s = messages deleted / time from the first send to the last
 //! delete, so it is end to end. Requests are JSON 1.0 (`X-Amz-Target`), unsigned: Wharf runs
 //! with `--sigv4 off`, moto does not check signatures, so neither side pays for signing.
+//! `--sign` signs every request with SigV4 (key `guest`/`guest`, the broker's development
+//! pair) for a Wharf started with signing on, to measure what verification costs it.
 //!
 //! Runs on a multi-thread runtime of `--threads` workers (2 by default: the machine's cores
 //! are shared with the server, the client must not starve it).
@@ -54,6 +56,10 @@ pub struct SqsArgs {
     /// Give up after this many seconds (a server too slow or losing messages).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Sign every request with SigV4 (access key and secret `guest`, region us-east-1), for a
+    /// server that verifies signatures.
+    #[arg(long)]
+    sign: bool,
 }
 
 /// A syntactically valid SigV4 header with a dummy signature (see `Conn::call`).
@@ -70,10 +76,66 @@ struct Conn {
     tx: http1::SendRequest<Full<Bytes>>,
     host: HeaderValue,
     endpoint: String,
+    sign: bool,
+}
+
+/// The signed headers of `--sign` (the least SigV4 asks for, plus what routes the request).
+const SIGNED_HEADERS: [&str; 4] = ["content-type", "host", "x-amz-date", "x-amz-target"];
+
+/// Signs a request the way an SDK does, with the same canonicalization the broker verifies.
+fn sign(
+    req: hyper::Request<Full<Bytes>>,
+    body: &[u8],
+) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+    use bridge::sigv4;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let when = time_of(now.as_secs());
+    let amz_date = format!("{}T{}Z", when.0, when.1);
+    let scope = sigv4::Scope {
+        access_key_id: "guest".into(),
+        date: when.0.clone(),
+        region: "us-east-1".into(),
+        service: "sqs".into(),
+    };
+    let (mut parts, b) = req.into_parts();
+    parts
+        .headers
+        .insert("x-amz-date", HeaderValue::from_str(&amz_date)?);
+    let names: Vec<String> = SIGNED_HEADERS.iter().map(|s| s.to_string()).collect();
+    let canonical = sigv4::canonical_request(&parts, body, &names, false);
+    let signature = sigv4::sign("guest", &scope, &amz_date, &canonical);
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=guest/{}/us-east-1/sqs/aws4_request, SignedHeaders={}, Signature={signature}",
+        scope.date,
+        SIGNED_HEADERS.join(";")
+    );
+    parts
+        .headers
+        .insert(hyper::header::AUTHORIZATION, HeaderValue::from_str(&auth)?);
+    Ok(hyper::Request::from_parts(parts, b))
+}
+
+/// (`YYYYMMDD`, `HHMMSS`) of a Unix time, UTC (civil-from-days, Howard Hinnant's algorithm).
+fn time_of(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60),
+    )
 }
 
 impl Conn {
-    async fn open(endpoint: &str) -> anyhow::Result<Conn> {
+    async fn open(endpoint: &str, sign: bool) -> anyhow::Result<Conn> {
         let s = TcpStream::connect(endpoint)
             .await
             .with_context(|| format!("connect {endpoint}"))?;
@@ -84,12 +146,13 @@ impl Conn {
             tx,
             host: HeaderValue::from_str(endpoint)?,
             endpoint: endpoint.to_string(),
+            sign,
         })
     }
 
     /// Posts one request; returns the response body of a 2xx answer.
     async fn call(&mut self, target: &'static str, body: Bytes) -> anyhow::Result<Bytes> {
-        let mut req = hyper::Request::post("/").body(Full::new(body))?;
+        let mut req = hyper::Request::post("/").body(Full::new(body.clone()))?;
         let h = req.headers_mut();
         h.insert(hyper::header::HOST, self.host.clone());
         h.insert(
@@ -99,12 +162,16 @@ impl Conn {
         h.insert("x-amz-target", HeaderValue::from_static(target));
         // Unsigned, but moto's server routes by the credential scope's service (and
         // region); Wharf with `--sigv4 off` reads only the account from it.
-        h.insert(hyper::header::AUTHORIZATION, HeaderValue::from_static(AUTH));
-        h.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
+        if self.sign {
+            req = sign(req, &body)?;
+        } else {
+            h.insert(hyper::header::AUTHORIZATION, HeaderValue::from_static(AUTH));
+            h.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
+        }
         // moto's server (werkzeug) closes the connection after each response; reconnecting is
         // part of what it costs. Wharf keeps it open.
         if self.tx.is_closed() || self.tx.ready().await.is_err() {
-            *self = Conn::open(&self.endpoint.clone()).await?;
+            *self = Conn::open(&self.endpoint.clone(), self.sign).await?;
             self.tx.ready().await?;
         }
         let resp = self.tx.send_request(req).await?;
@@ -153,13 +220,14 @@ struct Received<'a> {
 
 struct Shared {
     url: String,
+    sign: bool,
     batches_taken: AtomicU64,
     deleted: AtomicU64,
     total: u64,
 }
 
 async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Result<()> {
-    let mut c = Conn::open(&endpoint).await?;
+    let mut c = Conn::open(&endpoint, s.sign).await?;
     let batches = s.total.div_ceil(10);
     let entries: Vec<Value> = (0..10)
         .map(|i| json!({"Id": i.to_string(), "MessageBody": body}))
@@ -183,7 +251,7 @@ async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Resu
 }
 
 async fn consume(endpoint: String, s: Arc<Shared>) -> anyhow::Result<()> {
-    let mut c = Conn::open(&endpoint).await?;
+    let mut c = Conn::open(&endpoint, s.sign).await?;
     let receive = Bytes::from(serde_json::to_vec(
         &json!({"QueueUrl": s.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
     )?);
@@ -228,7 +296,7 @@ pub fn main(args: SqsArgs) -> anyhow::Result<()> {
 }
 
 async fn run(a: SqsArgs) -> anyhow::Result<()> {
-    let mut c = Conn::open(&a.endpoint).await?;
+    let mut c = Conn::open(&a.endpoint, a.sign).await?;
     let name = format!(
         "bench-{}-{}",
         std::process::id(),
@@ -242,6 +310,7 @@ async fn run(a: SqsArgs) -> anyhow::Result<()> {
         .to_string();
     let s = Arc::new(Shared {
         url,
+        sign: a.sign,
         batches_taken: AtomicU64::new(0),
         deleted: AtomicU64::new(0),
         total: a.messages.div_ceil(10) * 10,
