@@ -338,6 +338,29 @@ pub struct SendMessageBatchEntry {
 }
 
 impl SendMessageBatchEntry {
+    /// The entry as a single SendMessage, so one code path validates and sends both. Moves
+    /// the body and attributes (no copy); `queue_url` is left empty: the batch's queue was
+    /// found already.
+    pub fn into_send(self) -> (String, SendMessageInput) {
+        (
+            self.id,
+            SendMessageInput {
+                queue_url: String::new(),
+                message_body: self.message_body,
+                delay_seconds: self.delay_seconds,
+                message_attributes: self.message_attributes,
+                message_system_attributes: self.message_system_attributes,
+                message_deduplication_id: self.message_deduplication_id,
+                message_group_id: self.message_group_id,
+            },
+        )
+    }
+
+    /// What the entry counts toward a batch's total size (see [`crate::sqs::message_size`]).
+    pub fn size(&self) -> usize {
+        crate::sqs::body_and_attributes_size(&self.message_body, &self.message_attributes)
+    }
+
     /// The entry as a single SendMessage, so one code path validates and sends both.
     pub fn to_send(&self, queue_url: &str) -> SendMessageInput {
         SendMessageInput {

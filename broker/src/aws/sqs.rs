@@ -434,15 +434,17 @@ impl SqsEngine {
     /// Returns the answer and the store Lsn the caller must wait for before answering: a
     /// batch enqueues every entry first and waits once, so its entries share one group commit
     /// instead of paying one fsync each.
+    ///
+    /// Takes the input by value: its body moves into the engine message without a copy.
     fn send(
         &self,
         ctx: &RequestContext,
         f: &Found,
-        i: &SendMessageInput,
+        mut i: SendMessageInput,
     ) -> Result<(SendMessageOutput, Lsn), AwsError> {
-        validate_send(i)?;
+        validate_send(&i)?;
         let fifo = if f.config.fifo {
-            Some(self.fifo_checks(ctx, f, i)?)
+            Some(self.fifo_checks(ctx, f, &i)?)
         } else {
             if i.message_deduplication_id.is_some() {
                 return Err(AwsError::invalid_parameter_value(
@@ -456,7 +458,7 @@ impl SqsEngine {
             // everything submitted so far.
             return Ok((out, self.engine.submitted_lsn()));
         }
-        let size = message_size(i);
+        let size = message_size(&i);
         let max = f.config.maximum_message_bytes as usize;
         if size > max {
             return Err(AwsError::invalid_parameter_value(format!(
@@ -464,14 +466,16 @@ impl SqsEngine {
             )));
         }
         let message_id = uuid::Uuid::new_v4().to_string();
+        // The digests of what was sent, before the body moves on.
+        let mut out = SendMessageOutput::for_input(&i, message_id.clone(), None);
         let mut m = Message::new(
             "",
             f.queue.name.clone(),
-            Bytes::from(i.message_body.clone()),
+            Bytes::from(std::mem::take(&mut i.message_body).into_bytes()),
         );
         let p = &mut m.properties;
         p.delivery_mode = Some(2);
-        p.message_id = Some(message_id.clone());
+        p.message_id = Some(message_id);
         p.timestamp = Some(now_ms() / 1000);
         p.user_id = Some(
             ctx.access_key_id
@@ -490,7 +494,7 @@ impl SqsEngine {
                 h.insert(DEDUP_ID_HEADER.into(), Value::long_string(dedup_id.clone()));
                 h.insert(SEQUENCE_HEADER.into(), Value::long_string(seq.clone()));
                 self.dedup
-                    .insert(key.clone(), message_id.clone(), seq.clone(), now_ms())
+                    .insert(key.clone(), out.message_id.clone(), seq.clone(), now_ms())
                     .map_err(internal)?;
                 sequence_number = Some(seq);
             }
@@ -517,10 +521,8 @@ impl SqsEngine {
                 )))
             }
         };
-        Ok((
-            SendMessageOutput::for_input(i, message_id, sequence_number),
-            lsn,
-        ))
+        out.sequence_number = sequence_number;
+        Ok((out, lsn))
     }
 
     /// FIFO send rules: a group id, no per-message delay, a deduplication id (given or the
@@ -570,11 +572,7 @@ impl SqsEngine {
         i: SendMessageBatchInput,
     ) -> Result<SqsResponse, AwsError> {
         let f = self.find(ctx, &i.queue_url)?;
-        let total: usize = i
-            .entries
-            .iter()
-            .map(|e| message_size(&e.to_send(&i.queue_url)))
-            .sum();
+        let total: usize = i.entries.iter().map(SendMessageBatchEntry::size).sum();
         // AWS: the batch's total is capped at the service's message size ceiling whatever the
         // queue's MaximumMessageSize; each entry is still held to that attribute (in `send`).
         if total > BATCH_BYTES_MAX {
@@ -587,18 +585,17 @@ impl SqsEngine {
             failed: Vec::new(),
         };
         let mut last = 0;
-        for e in &i.entries {
-            match self.send(ctx, &f, &e.to_send(&i.queue_url)) {
+        for e in i.entries {
+            let (id, input) = e.into_send();
+            match self.send(ctx, &f, input) {
                 Ok((result, lsn)) => {
                     last = last.max(lsn);
-                    out.successful.push(SendMessageBatchResultEntry {
-                        id: e.id.clone(),
-                        result,
-                    })
+                    out.successful
+                        .push(SendMessageBatchResultEntry { id, result })
                 }
                 Err(err) => out
                     .failed
-                    .push(BatchResultErrorEntry::from_error(&e.id, &err)),
+                    .push(BatchResultErrorEntry::from_error(&id, &err)),
             }
         }
         // Every successful entry is durable before the answer says so.
@@ -658,63 +655,87 @@ impl SqsEngine {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         };
-        let answer: Vec<(DeliveryId, u64, bridge::sqs::Message)> = got
-            .into_iter()
-            .map(|r| {
-                let m = &r.delivery.message;
-                let headers = m.properties.headers.as_ref();
-                let mut attributes = Attributes::new();
-                attributes.insert(
-                    "SenderId".into(),
-                    m.properties
-                        .user_id
-                        .clone()
-                        .unwrap_or_else(|| ctx.account_id.clone()),
-                );
-                attributes.insert("SentTimestamp".into(), r.enqueued_ms.to_string());
-                attributes.insert(
-                    "ApproximateReceiveCount".into(),
-                    r.delivery.delivery_count.to_string(),
-                );
-                attributes.insert(
-                    "ApproximateFirstReceiveTimestamp".into(),
-                    r.first_delivered_ms.to_string(),
-                );
-                if let Some(t) = mapping::trace_header(headers) {
-                    attributes.insert("AWSTraceHeader".into(), t);
-                }
-                for (header, attribute) in [
-                    (GROUP_ID_HEADER, "MessageGroupId"),
-                    (DEDUP_ID_HEADER, "MessageDeduplicationId"),
-                    (SEQUENCE_HEADER, "SequenceNumber"),
-                ] {
-                    if let Some(v) = headers.and_then(|h| h.get(header)).and_then(Value::as_str) {
-                        attributes.insert(attribute.into(), v.to_string());
+        // The bridge keeps only the attributes the request named: build none when it named
+        // none (most receives), except for an answer remembered for a replay, whose retry may
+        // name others.
+        let want_system = attempt.is_some()
+            || !i.attribute_names.is_empty()
+            || !i.message_system_attribute_names.is_empty();
+        let want_message_attributes = attempt.is_some() || !i.message_attribute_names.is_empty();
+        let answer: Vec<(DeliveryId, u64, bridge::sqs::Message)> =
+            got.into_iter()
+                .map(|r| {
+                    let m = &r.delivery.message;
+                    let headers = m.properties.headers.as_ref();
+                    let mut attributes = Attributes::new();
+                    if want_system {
+                        self.system_attributes(ctx, &r, &mut attributes);
                     }
-                }
-                let message = bridge::sqs::Message {
-                    message_id: m
-                        .properties
-                        .message_id
-                        .clone()
-                        .unwrap_or_else(|| derived_message_id(&q.name, r.enqueued_ms, &m.body)),
-                    receipt_handle: self.receipt_handle(q, r.delivery.id),
-                    md5_of_body: String::new(),
-                    // SQS bodies are text; a binary AMQP body is passed on lossily.
-                    body: String::from_utf8_lossy(&m.body).into_owned(),
-                    attributes,
-                    md5_of_message_attributes: None,
-                    message_attributes: mapping::from_headers(headers),
-                };
-                (r.delivery.id, r.delivery.msg_id, message)
-            })
-            .collect();
+                    let message =
+                        bridge::sqs::Message {
+                            message_id: m.properties.message_id.clone().unwrap_or_else(|| {
+                                derived_message_id(&q.name, r.enqueued_ms, &m.body)
+                            }),
+                            receipt_handle: self.receipt_handle(q, r.delivery.id),
+                            md5_of_body: String::new(),
+                            // SQS bodies are text; a binary AMQP body is passed on lossily.
+                            body: String::from_utf8_lossy(&m.body).into_owned(),
+                            attributes,
+                            md5_of_message_attributes: None,
+                            message_attributes: if want_message_attributes {
+                                mapping::from_headers(headers)
+                            } else {
+                                MessageAttributes::new()
+                            },
+                        };
+                    (r.delivery.id, r.delivery.msg_id, message)
+                })
+                .collect();
         if let Some(key) = attempt {
             self.attempts.record(key, q, &answer, now_ms());
         }
         Ok(SqsResponse::ReceiveMessage(ReceiveMessageOutput {
             messages: answer.into_iter().map(|(_, _, m)| m).collect(),
         }))
+    }
+
+    /// Every system attribute of a received message (the bridge keeps the ones asked for).
+    fn system_attributes(
+        &self,
+        ctx: &RequestContext,
+        r: &crate::engine::queue::Received,
+        attributes: &mut Attributes,
+    ) {
+        let m = &r.delivery.message;
+        let headers = m.properties.headers.as_ref();
+        attributes.insert(
+            "SenderId".into(),
+            m.properties
+                .user_id
+                .clone()
+                .unwrap_or_else(|| ctx.account_id.clone()),
+        );
+        attributes.insert("SentTimestamp".into(), r.enqueued_ms.to_string());
+        attributes.insert(
+            "ApproximateReceiveCount".into(),
+            r.delivery.delivery_count.to_string(),
+        );
+        attributes.insert(
+            "ApproximateFirstReceiveTimestamp".into(),
+            r.first_delivered_ms.to_string(),
+        );
+        if let Some(t) = mapping::trace_header(headers) {
+            attributes.insert("AWSTraceHeader".into(), t);
+        }
+        for (header, attribute) in [
+            (GROUP_ID_HEADER, "MessageGroupId"),
+            (DEDUP_ID_HEADER, "MessageDeduplicationId"),
+            (SEQUENCE_HEADER, "SequenceNumber"),
+        ] {
+            if let Some(v) = headers.and_then(|h| h.get(header)).and_then(Value::as_str) {
+                attributes.insert(attribute.into(), v.to_string());
+            }
+        }
     }
 
     fn delete_message(&self, f: &Found, handle: &str) -> Result<(), AwsError> {
@@ -1035,7 +1056,7 @@ impl SqsEngine {
             R::SetQueueAttributes(i) => return self.set_attributes(ctx, i),
             R::SendMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
-                let (out, lsn) = self.send(ctx, &f, &i)?;
+                let (out, lsn) = self.send(ctx, &f, i)?;
                 self.engine.wait_durable(lsn).await;
                 SqsResponse::SendMessage(out)
             }
