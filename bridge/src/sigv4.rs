@@ -261,44 +261,52 @@ pub fn canonical_request(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    let mut headers = String::new();
-    for name in signed_headers {
-        let values: Vec<String> = parts
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| trim_all(&String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        // HTTP/1.1 clients send Host; hyper exposes it as a header, HTTP/2 as the authority.
-        let values = if values.is_empty() && name == "host" {
-            parts
-                .uri
-                .authority()
-                .map(|a| vec![a.to_string()])
-                .unwrap_or_default()
-        } else {
-            values
-        };
-        headers.push_str(name);
-        headers.push(':');
-        headers.push_str(&values.join(","));
-        headers.push('\n');
+    // One buffer, no per-header allocations: this runs on every request.
+    let mut out = String::with_capacity(256 + query.len() + 64 * signed_headers.len());
+    out.push_str(parts.method.as_str());
+    out.push('\n');
+    for piece in utf8_percent_encode(path, AWS_PATH) {
+        out.push_str(piece);
     }
-    let payload = parts
+    out.push('\n');
+    out.push_str(&query);
+    out.push('\n');
+    for name in signed_headers {
+        out.push_str(name);
+        out.push(':');
+        let mut values = parts.headers.get_all(name.as_str()).iter().peekable();
+        if values.peek().is_none() && name == "host" {
+            // HTTP/1.1 clients send Host; hyper exposes it as a header, HTTP/2 as the
+            // authority.
+            if let Some(a) = parts.uri.authority() {
+                out.push_str(a.as_str());
+            }
+        }
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_trim_all(&mut out, &String::from_utf8_lossy(v.as_bytes()));
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
+    out.push('\n');
+    match parts
         .headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| hex::encode(Sha256::digest(body)));
-    format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        parts.method.as_str(),
-        utf8_percent_encode(path, AWS_PATH),
-        query,
-        headers,
-        signed_headers.join(";"),
-        payload
-    )
+    {
+        Some(given) => out.push_str(given),
+        None => out.push_str(&hex::encode(Sha256::digest(body))),
+    }
+    out
 }
 
 fn string_to_sign(amz_date: &str, scope: &Scope, canonical: &str) -> String {
@@ -393,8 +401,21 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 /// Trims a header value and collapses inner runs of spaces to one, as SigV4's Trimall does.
+#[cfg(test)]
 fn trim_all(v: &str) -> String {
-    v.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::new();
+    push_trim_all(&mut out, v);
+    out
+}
+
+/// [`trim_all`] appended to `out`.
+fn push_trim_all(out: &mut String, v: &str) {
+    for (i, word) in v.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
 #[cfg(test)]
