@@ -6,7 +6,9 @@
 //! - ReceiveMessage takes deadline leases ([`Queue::receive`]); a long poll waits on the
 //!   queue's arrival notification, so it returns as soon as a message is ready.
 //! - Receipt handles name (process boot, queue id, delivery id): a handle from before a restart
-//!   or of an earlier receive of the same message deletes nothing, as AWS's stale handles.
+//!   or of an earlier receive of the same message deletes nothing, as AWS's stale handles;
+//!   except the handles of a ReceiveRequestAttemptId answer whose leases were restored at
+//!   startup (`receive_attempts`), which name those leases.
 //! - Retention is a per-message TTL (AMQP `expiration`), the redrive policy is applied on
 //!   receive ([`Redrive`]): both can change after creation, which x-arguments cannot.
 //! - FIFO queues (`.fifo`): the message group travels in the `x-message-group-id` header and
@@ -1075,15 +1077,23 @@ impl SqsEngine {
                     successful: Vec::new(),
                     failed: Vec::new(),
                 };
+                // Deleted together: one ack record, so the batch's acks are never split
+                // across two group commits (the answer would wait for both).
+                let mut ids = Vec::with_capacity(i.entries.len());
                 for e in &i.entries {
-                    match self.delete_message(&f, &e.receipt_handle) {
-                        Ok(()) => out.successful.push(BatchResultEntry { id: e.id.clone() }),
+                    match self.parse_receipt(&f.queue, &e.receipt_handle) {
+                        Ok(id) => {
+                            // A stale handle deletes nothing and still succeeds, as in AWS.
+                            ids.extend(id);
+                            out.successful.push(BatchResultEntry { id: e.id.clone() });
+                        }
                         Err(err) => out
                             .failed
                             .push(BatchResultErrorEntry::from_error(&e.id, &err)),
                     }
                 }
-                // One wait for the whole batch: the acks share the group commit.
+                f.queue.delete_received_many(&ids);
+                // One wait for the whole batch.
                 self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessageBatch(out)
             }

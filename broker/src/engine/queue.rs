@@ -1021,6 +1021,9 @@ impl Queue {
             let mut st = self.state.lock();
             // Requeued messages go back to the head in their original order.
             let mut requeue = Vec::new();
+            // Acked messages' store ids: one ack record (one submission to the store's writer)
+            // for all of them, so a batch is never split across two group commits.
+            let mut acked = Vec::new();
             for &id in ids {
                 let Some(inflight) = st.in_flight.remove(&id) else {
                     unknown.push(id);
@@ -1028,9 +1031,25 @@ impl Queue {
                 };
                 self.release_credit(&mut st, &inflight.lease);
                 match how {
-                    Settle::Ack => self.forget(&inflight.entry),
+                    Settle::Ack => {
+                        if inflight.entry.msg_id != 0 {
+                            acked.push(inflight.entry.msg_id);
+                        }
+                        self.shared
+                            .memory_add(-(inflight.entry.msg.size_bytes() as i64));
+                    }
                     Settle::Requeue => requeue.push((id, inflight.entry)),
                     Settle::Reject => dead.push((inflight.entry, DeathReason::Rejected)),
+                }
+            }
+            if let Some(store) = self.shared.store.as_ref().filter(|_| !acked.is_empty()) {
+                match acked.as_slice() {
+                    [one] => {
+                        store.ack(self.id, *one);
+                    }
+                    many => {
+                        store.ack_many(self.id, many);
+                    }
                 }
             }
             requeue.sort_by_key(|(id, _)| *id);
@@ -1068,14 +1087,27 @@ impl Queue {
     /// `id` is not under a deadline lease: already deleted, or back to ready and received
     /// again under another id. Consumer leases cannot be settled this way.
     pub fn delete_received(&self, id: DeliveryId) -> bool {
-        {
+        self.delete_received_many(&[id]) == 1
+    }
+
+    /// [`Queue::delete_received`] for many (SQS DeleteMessageBatch): settled together, so their
+    /// acks go to the store as one record. Returns how many were deleted.
+    pub fn delete_received_many(&self, ids: &[DeliveryId]) -> usize {
+        let leased: Vec<DeliveryId> = {
             let st = self.state.lock();
-            match st.in_flight.get(&id) {
-                Some(f) if matches!(f.lease, Lease::Deadline { .. }) => {}
-                _ => return false,
-            }
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    st.in_flight
+                        .get(id)
+                        .is_some_and(|f| matches!(f.lease, Lease::Deadline { .. }))
+                })
+                .collect()
+        };
+        if leased.is_empty() {
+            return 0;
         }
-        self.settle(&[id], Settle::Ack).is_empty()
+        leased.len() - self.settle(&leased, Settle::Ack).len()
     }
 
     /// Messages held by a deadline lease (SQS ApproximateNumberOfMessagesNotVisible), and by
