@@ -221,9 +221,25 @@ struct Received<'a> {
 struct Shared {
     url: String,
     sign: bool,
+    /// Total µs spent waiting for each kind of answer, and how many: (send, receive, delete).
+    waited_us: [AtomicU64; 3],
+    calls: [AtomicU64; 3],
     batches_taken: AtomicU64,
     deleted: AtomicU64,
     total: u64,
+}
+
+impl Shared {
+    fn note(&self, kind: usize, since: Instant) {
+        self.waited_us[kind].fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.calls[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean µs per answer of one kind.
+    fn mean_us(&self, kind: usize) -> u64 {
+        self.waited_us[kind].load(Ordering::Relaxed)
+            / self.calls[kind].load(Ordering::Relaxed).max(1)
+    }
 }
 
 async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Result<()> {
@@ -236,9 +252,11 @@ async fn produce(endpoint: String, s: Arc<Shared>, body: String) -> anyhow::Resu
         &json!({"QueueUrl": s.url, "Entries": entries}),
     )?);
     while s.batches_taken.fetch_add(1, Ordering::Relaxed) < batches {
+        let t = Instant::now();
         let out = c
             .call("AmazonSQS.SendMessageBatch", request.clone())
             .await?;
+        s.note(0, t);
         let answer: BatchAnswer = serde_json::from_slice(&out)?;
         if !answer.failed.is_empty() || answer.successful.len() != 10 {
             bail!(
@@ -260,7 +278,9 @@ async fn consume(endpoint: String, s: Arc<Shared>) -> anyhow::Result<()> {
         serde_json::to_string(&s.url)?
     );
     while s.deleted.load(Ordering::Relaxed) < s.total {
+        let t = Instant::now();
         let got = c.call("AmazonSQS.ReceiveMessage", receive.clone()).await?;
+        s.note(1, t);
         let answer: ReceiveAnswer = serde_json::from_slice(&got)?;
         if answer.messages.is_empty() {
             continue;
@@ -276,9 +296,11 @@ async fn consume(endpoint: String, s: Arc<Shared>) -> anyhow::Result<()> {
             delete.push(b'}');
         }
         delete.extend_from_slice(b"]}");
+        let t = Instant::now();
         let out = c
             .call("AmazonSQS.DeleteMessageBatch", Bytes::from(delete))
             .await?;
+        s.note(2, t);
         let ok = serde_json::from_slice::<BatchAnswer>(&out)?
             .successful
             .len() as u64;
@@ -311,6 +333,8 @@ async fn run(a: SqsArgs) -> anyhow::Result<()> {
     let s = Arc::new(Shared {
         url,
         sign: a.sign,
+        waited_us: Default::default(),
+        calls: Default::default(),
         batches_taken: AtomicU64::new(0),
         deleted: AtomicU64::new(0),
         total: a.messages.div_ceil(10) * 10,
@@ -328,25 +352,38 @@ async fn run(a: SqsArgs) -> anyhow::Result<()> {
     for _ in 0..a.consumers {
         tasks.push(tokio::spawn(consume(a.endpoint.clone(), s.clone())));
     }
+    let producers = a.producers;
     let all = async {
-        for t in tasks {
+        // Producers come first: when they are all done, every message was sent.
+        let mut sent_secs = 0.0;
+        for (i, t) in tasks.into_iter().enumerate() {
             t.await??;
+            if i + 1 == producers {
+                sent_secs = start.elapsed().as_secs_f64();
+            }
         }
-        anyhow::Ok(())
+        anyhow::Ok(sent_secs)
     };
-    tokio::time::timeout(Duration::from_secs(a.timeout), all)
+    let sent_secs = tokio::time::timeout(Duration::from_secs(a.timeout), all)
         .await
         .context("timed out")??;
     let secs = start.elapsed().as_secs_f64();
     let n = s.deleted.load(Ordering::Relaxed);
+    // sent_seconds close to seconds: the producers set the pace; well below: the consumers.
+    // The mean time each kind of request took, send to answer, says where a cycle goes.
     println!(
-        "{} messages={} seconds={:.2} msgs_per_s={:.0} producers={} consumers={}",
+        "{} messages={} seconds={:.2} msgs_per_s={:.0} producers={} consumers={} sent_seconds={:.2} \
+         mean_us_send={} mean_us_receive={} mean_us_delete={}",
         a.label,
         n,
         secs,
         n as f64 / secs,
         a.producers,
-        a.consumers
+        a.consumers,
+        sent_secs,
+        s.mean_us(0),
+        s.mean_us(1),
+        s.mean_us(2)
     );
     Ok(())
 }
