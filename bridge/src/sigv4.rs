@@ -168,6 +168,30 @@ pub fn verify(
     secret: &str,
     now_unix: i64,
 ) -> Result<(), AwsError> {
+    verify_with(parts, body, signed, secret, now_unix, None)
+}
+
+/// [`verify`], taking the signing key from `keys` when it was derived before (one HMAC per
+/// request instead of five).
+pub fn verify_cached(
+    parts: &Parts,
+    body: &[u8],
+    signed: &SignedRequest,
+    secret: &str,
+    now_unix: i64,
+    keys: &SigningKeys,
+) -> Result<(), AwsError> {
+    verify_with(parts, body, signed, secret, now_unix, Some(keys))
+}
+
+fn verify_with(
+    parts: &Parts,
+    body: &[u8],
+    signed: &SignedRequest,
+    secret: &str,
+    now_unix: i64,
+    keys: Option<&SigningKeys>,
+) -> Result<(), AwsError> {
     let when = parse_amz_date(&signed.amz_date).ok_or_else(|| {
         AwsError::incomplete_signature(format!("Invalid X-Amz-Date: {}", signed.amz_date))
     })?;
@@ -194,7 +218,10 @@ pub fn verify(
     let presigned = signed.expires_secs.is_some();
     let canonical = canonical_request(parts, body, &signed.signed_headers, presigned);
     let sts = string_to_sign(&signed.amz_date, &signed.scope, &canonical);
-    let key = signing_key(secret, &signed.scope);
+    let key = match keys {
+        Some(keys) => keys.get(secret, &signed.scope),
+        None => signing_key(secret, &signed.scope),
+    };
     let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes any key length");
     mac.update(sts.as_bytes());
     let given = hex::decode(&signed.signature).unwrap_or_default();
@@ -234,44 +261,52 @@ pub fn canonical_request(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    let mut headers = String::new();
-    for name in signed_headers {
-        let values: Vec<String> = parts
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| trim_all(&String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        // HTTP/1.1 clients send Host; hyper exposes it as a header, HTTP/2 as the authority.
-        let values = if values.is_empty() && name == "host" {
-            parts
-                .uri
-                .authority()
-                .map(|a| vec![a.to_string()])
-                .unwrap_or_default()
-        } else {
-            values
-        };
-        headers.push_str(name);
-        headers.push(':');
-        headers.push_str(&values.join(","));
-        headers.push('\n');
+    // One buffer, no per-header allocations: this runs on every request.
+    let mut out = String::with_capacity(256 + query.len() + 64 * signed_headers.len());
+    out.push_str(parts.method.as_str());
+    out.push('\n');
+    for piece in utf8_percent_encode(path, AWS_PATH) {
+        out.push_str(piece);
     }
-    let payload = parts
+    out.push('\n');
+    out.push_str(&query);
+    out.push('\n');
+    for name in signed_headers {
+        out.push_str(name);
+        out.push(':');
+        let mut values = parts.headers.get_all(name.as_str()).iter().peekable();
+        if values.peek().is_none() && name == "host" {
+            // HTTP/1.1 clients send Host; hyper exposes it as a header, HTTP/2 as the
+            // authority.
+            if let Some(a) = parts.uri.authority() {
+                out.push_str(a.as_str());
+            }
+        }
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_trim_all(&mut out, &String::from_utf8_lossy(v.as_bytes()));
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
+    out.push('\n');
+    match parts
         .headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| hex::encode(Sha256::digest(body)));
-    format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        parts.method.as_str(),
-        utf8_percent_encode(path, AWS_PATH),
-        query,
-        headers,
-        signed_headers.join(";"),
-        payload
-    )
+    {
+        Some(given) => out.push_str(given),
+        None => out.push_str(&hex::encode(Sha256::digest(body))),
+    }
+    out
 }
 
 fn string_to_sign(amz_date: &str, scope: &Scope, canonical: &str) -> String {
@@ -284,17 +319,59 @@ fn string_to_sign(amz_date: &str, scope: &Scope, canonical: &str) -> String {
     )
 }
 
-fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+fn hmac(key: &[u8], data: &str) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data.as_bytes());
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
-fn signing_key(secret: &str, scope: &Scope) -> Vec<u8> {
+fn signing_key(secret: &str, scope: &Scope) -> [u8; 32] {
     let k = hmac(format!("AWS4{secret}").as_bytes(), &scope.date);
     let k = hmac(&k, &scope.region);
     let k = hmac(&k, &scope.service);
     hmac(&k, "aws4_request")
+}
+
+/// Derived signing keys by (secret, date, region, service): a key is valid for a whole day, so
+/// a client's requests of that day share one derivation (4 HMACs) instead of paying it each.
+/// The caller owns the cache (the bridge keeps no state of its own); it is emptied when it
+/// reaches `SIGNING_KEYS_MAX` entries, so stale days and unknown scopes cannot grow it.
+#[derive(Debug, Default)]
+pub struct SigningKeys {
+    keys: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+}
+
+/// Most keys a [`SigningKeys`] holds before it starts over.
+const SIGNING_KEYS_MAX: usize = 1024;
+
+impl SigningKeys {
+    /// The signing key of `secret` for `scope`, derived on first use.
+    pub fn get(&self, secret: &str, scope: &Scope) -> [u8; 32] {
+        // NUL cannot occur in any of the four (header values and secrets are printable).
+        let id = format!(
+            "{secret}\0{}\0{}\0{}",
+            scope.date, scope.region, scope.service
+        );
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = keys.get(&id) {
+            return *k;
+        }
+        let k = signing_key(secret, scope);
+        if keys.len() >= SIGNING_KEYS_MAX {
+            keys.clear();
+        }
+        keys.insert(id, k);
+        k
+    }
+
+    /// How many keys are cached.
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Signs a canonical request: used by tests and by anything in Wharf that calls AWS-shaped
@@ -324,8 +401,21 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 /// Trims a header value and collapses inner runs of spaces to one, as SigV4's Trimall does.
+#[cfg(test)]
 fn trim_all(v: &str) -> String {
-    v.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::new();
+    push_trim_all(&mut out, v);
+    out
+}
+
+/// [`trim_all`] appended to `out`.
+fn push_trim_all(out: &mut String, v: &str) {
+    for (i, word) in v.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +557,50 @@ mod tests {
         assert_eq!(parse(&p).unwrap_err().code, "IncompleteSignature");
         let p = parts("POST", "/", &[]);
         assert_eq!(parse(&p).unwrap(), None);
+    }
+
+    #[test]
+    fn signing_key_cache_matches_derivation_and_keys_by_scope() {
+        let keys = SigningKeys::default();
+        let scope = Scope {
+            access_key_id: "AKID".into(),
+            date: "20150830".into(),
+            region: "us-east-1".into(),
+            service: "sqs".into(),
+        };
+        let first = keys.get("secret", &scope);
+        assert_eq!(first, signing_key("secret", &scope));
+        // Cached: the same key, no new entry.
+        assert_eq!(keys.get("secret", &scope), first);
+        assert_eq!(keys.len(), 1);
+        // Another day, region, service or secret derives its own key.
+        for other in [
+            Scope {
+                date: "20150831".into(),
+                ..scope.clone()
+            },
+            Scope {
+                region: "eu-west-1".into(),
+                ..scope.clone()
+            },
+            Scope {
+                service: "sns".into(),
+                ..scope.clone()
+            },
+        ] {
+            let k = keys.get("secret", &other);
+            assert_eq!(k, signing_key("secret", &other));
+            assert_ne!(k, first);
+        }
+        assert_ne!(keys.get("other", &scope), first);
+        assert_eq!(keys.len(), 5);
+        // The access key id is not part of the derivation: one entry per secret and scope.
+        let same = Scope {
+            access_key_id: "AKID2".into(),
+            ..scope.clone()
+        };
+        assert_eq!(keys.get("secret", &same), first);
+        assert_eq!(keys.len(), 5);
     }
 
     #[test]

@@ -273,12 +273,30 @@ def test_send_message_batch_request_errors(sqs, qname, entries, expected):
     assert status(e) == 400
 
 
-def test_batch_too_long(sqs, qname):
-    url = sqs.create_queue(QueueName=qname, Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+def test_batch_total_is_capped_at_1_mib_whatever_the_queue_maximum(sqs, qname):
+    # AWS: the batch's total may reach the service ceiling (1 MiB); each message is still held
+    # to the queue's MaximumMessageSize.
+    small = sqs.create_queue(QueueName=qname, Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    r = sqs.send_message_batch(QueueUrl=small, Entries=[
+        {"Id": f"e{i}", "MessageBody": "x" * 600} for i in range(2)])
+    assert len(r["Successful"]) == 2 and not r.get("Failed")
+    r = sqs.send_message_batch(QueueUrl=small, Entries=[
+        {"Id": "fits", "MessageBody": "x" * 1000}, {"Id": "big", "MessageBody": "x" * 1025}])
+    assert [e["Id"] for e in r["Successful"]] == ["fits"]
+    assert [(f["Id"], f["Code"], f["SenderFault"]) for f in r["Failed"]] == \
+        [("big", "InvalidParameterValue", True)]
+    url = sqs.create_queue(QueueName=f"{qname}-big")["QueueUrl"]
+    # Exactly 1 MiB in four messages of the default maximum (256 KiB) each: accepted.
+    r = sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": f"e{i}", "MessageBody": "x" * 262_144} for i in range(4)])
+    assert len(r["Successful"]) == 4
     with pytest.raises(ClientError) as e:
         sqs.send_message_batch(QueueUrl=url, Entries=[
-            {"Id": f"e{i}", "MessageBody": "x" * 600} for i in range(2)])
+            {"Id": f"e{i}", "MessageBody": "x" * 262_144} for i in range(4)]
+            + [{"Id": "one-more", "MessageBody": "x"}])
     assert code(e) == "AWS.SimpleQueueService.BatchRequestTooLong"
+    assert status(e) == 400
+    assert "1048576" in e.value.response["Error"]["Message"]
 
 
 def test_receive_limits(sqs, qname):
@@ -1013,6 +1031,58 @@ def test_fifo_receive_request_attempt_id_replays_the_same_answer(sqs, qname):
     with pytest.raises(ClientError) as e:
         receive("x" * 129)
     assert code(e) == "InvalidParameterValue"
+
+
+@pytest.mark.restart
+def test_fifo_receive_request_attempt_id_replays_after_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="att.fifo", Attributes={
+        "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+    for group, body in [("a", "a1"), ("b", "b1"), ("a", "a2")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+
+    def receive(sqs, attempt):
+        return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=300,
+                                   AttributeNames=["All"], ReceiveRequestAttemptId=attempt).get("Messages", [])
+
+    first = receive(sqs, "lost-answer")
+    assert [m["Body"] for m in first] == ["a1", "b1"]
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    # The answer's messages are still in flight after the restart: their groups stay held.
+    assert receive(sqs, "another") == []
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]) == ("1", "2")
+    # The retry gets the same messages and receipt handles back...
+    retry = receive(sqs, "lost-answer")
+    assert [(m["MessageId"], m["ReceiptHandle"], m["Body"]) for m in retry] == \
+        [(m["MessageId"], m["ReceiptHandle"], m["Body"]) for m in first]
+    # ...and those handles work on the new process: a1 deleted, b1 made visible again.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=retry[0]["ReceiptHandle"])
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=retry[1]["ReceiptHandle"],
+                                  VisibilityTimeout=0)
+    nxt = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(m["Body"] for m in nxt) == ["a2", "b1"]
+    # Changed and deleted: the attempt is not replayed any more, after a second kill either.
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    assert sorted(m["Body"] for m in receive(sqs, "lost-answer")) == ["a2", "b1"]
+
+
+@pytest.mark.restart
+def test_deleted_queue_name_still_refused_after_sigkill(own_broker):
+    sqs = client(own_broker)
+    url = sqs.create_queue(QueueName="gone")["QueueUrl"]
+    sqs.create_queue(QueueName="kept")
+    sqs.delete_queue(QueueUrl=url)
+    deleted_at = time.time()
+    own_broker.restart(kill=True)
+    sqs = client(own_broker)
+    assert time.time() - deleted_at < 50, "restart too slow for this check"
+    with pytest.raises(ClientError) as e:
+        sqs.create_queue(QueueName="gone")
+    assert code(e) == "AWS.SimpleQueueService.QueueDeletedRecently"
+    assert sqs.get_queue_url(QueueName="kept")["QueueUrl"].endswith("/kept")
 
 
 def test_fifo_group_held_for_amqp_consumers_and_basic_get(broker, sqs, qname):

@@ -397,8 +397,13 @@ pub fn validate_send(i: &SendMessageInput) -> Result<(), AwsError> {
 /// The size SQS counts against MaximumMessageSize: body plus attribute names, types and
 /// values.
 pub fn message_size(i: &SendMessageInput) -> usize {
-    i.message_body.len()
-        + i.message_attributes
+    body_and_attributes_size(&i.message_body, &i.message_attributes)
+}
+
+/// [`message_size`] of a body and its message attributes.
+pub fn body_and_attributes_size(body: &str, attributes: &MessageAttributes) -> usize {
+    body.len()
+        + attributes
             .iter()
             .map(|(k, v)| {
                 k.len()

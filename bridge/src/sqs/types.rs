@@ -307,6 +307,7 @@ pub struct SendMessageOutput {
     pub md5_of_message_body: String,
     #[serde(
         rename = "MD5OfMessageAttributes",
+        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub md5_of_message_attributes: Option<String>,
@@ -337,6 +338,29 @@ pub struct SendMessageBatchEntry {
 }
 
 impl SendMessageBatchEntry {
+    /// The entry as a single SendMessage, so one code path validates and sends both. Moves
+    /// the body and attributes (no copy); `queue_url` is left empty: the batch's queue was
+    /// found already.
+    pub fn into_send(self) -> (String, SendMessageInput) {
+        (
+            self.id,
+            SendMessageInput {
+                queue_url: String::new(),
+                message_body: self.message_body,
+                delay_seconds: self.delay_seconds,
+                message_attributes: self.message_attributes,
+                message_system_attributes: self.message_system_attributes,
+                message_deduplication_id: self.message_deduplication_id,
+                message_group_id: self.message_group_id,
+            },
+        )
+    }
+
+    /// What the entry counts toward a batch's total size (see [`crate::sqs::message_size`]).
+    pub fn size(&self) -> usize {
+        crate::sqs::body_and_attributes_size(&self.message_body, &self.message_attributes)
+    }
+
     /// The entry as a single SendMessage, so one code path validates and sends both.
     pub fn to_send(&self, queue_url: &str) -> SendMessageInput {
         SendMessageInput {
@@ -416,8 +440,9 @@ pub struct ReceiveMessageInput {
 }
 
 /// A received message. Backends fill every system and message attribute; the bridge keeps the
-/// ones the request named and computes the digests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// ones the request named and computes the digests. Deserialize: the broker journals the
+/// answers of FIFO receive attempts so they replay after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     #[serde(rename = "MessageId")]
     pub message_id: String,
@@ -427,15 +452,21 @@ pub struct Message {
     pub md5_of_body: String,
     #[serde(rename = "Body")]
     pub body: String,
-    #[serde(rename = "Attributes", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "Attributes",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub attributes: Attributes,
     #[serde(
         rename = "MD5OfMessageAttributes",
+        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub md5_of_message_attributes: Option<String>,
     #[serde(
         rename = "MessageAttributes",
+        default,
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub message_attributes: MessageAttributes,

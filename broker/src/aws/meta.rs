@@ -1,5 +1,6 @@
 //! SQS-only queue settings (the attributes, tags and timestamps the engine has no field for),
-//! kept beside the engine in `<data_dir>/sqs-queues.json`.
+//! kept beside the engine in `<data_dir>/sqs-queues.json`, with the names SQS deleted in the
+//! last 60 seconds (CreateQueue of one fails with QueueDeletedRecently, across a restart too).
 //!
 //! Why not x-arguments: SQS attributes change after creation (SetQueueAttributes) and
 //! x-arguments cannot. Engine queues stay the source of truth for existence: an entry whose
@@ -57,37 +58,84 @@ impl QueueMeta {
 #[derive(Debug)]
 pub struct MetaStore {
     path: PathBuf,
-    queues: Mutex<HashMap<(String, String), QueueMeta>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queues: HashMap<(String, String), QueueMeta>,
+    /// (vhost, queue name) -> when SQS deleted it, ms since the epoch, until it is older than
+    /// the interval it was remembered for.
+    deleted: HashMap<(String, String), (u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     queues: Vec<(String, String, QueueMeta)>,
+    /// (vhost, queue name, deleted at ms, remembered for ms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deleted: Vec<(String, String, u64, u64)>,
 }
 
 impl MetaStore {
     pub fn open(data_dir: &std::path::Path) -> anyhow::Result<Self> {
         let path = data_dir.join("sqs-queues.json");
-        let queues = match std::fs::read(&path) {
+        let inner = match std::fs::read(&path) {
             Ok(bytes) => {
                 let d: OnDisk = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{} is not valid SQS metadata: {e}", path.display())
                 })?;
-                d.queues.into_iter().map(|(v, q, m)| ((v, q), m)).collect()
+                Inner {
+                    queues: d.queues.into_iter().map(|(v, q, m)| ((v, q), m)).collect(),
+                    deleted: d
+                        .deleted
+                        .into_iter()
+                        .map(|(v, q, at, keep)| ((v, q), (at, keep)))
+                        .collect(),
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Inner::default(),
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         };
         Ok(MetaStore {
             path,
-            queues: Mutex::new(queues),
+            inner: Mutex::new(inner),
         })
+    }
+
+    /// When SQS deleted the queue `name`, if it is still remembered.
+    pub fn deleted_at(&self, vhost: &str, name: &str) -> Option<u64> {
+        self.inner
+            .lock()
+            .deleted
+            .get(&(vhost.to_string(), name.to_string()))
+            .map(|(at, _)| *at)
+    }
+
+    /// DeleteQueue: drops a queue's settings and remembers its name for `keep_ms` from
+    /// `now_ms`, in one write of the file. Names remembered longer ago are forgotten.
+    pub fn remove_deleted(
+        &self,
+        vhost: &str,
+        name: &str,
+        now_ms: u64,
+        keep_ms: u64,
+    ) -> std::io::Result<()> {
+        let mut inner = self.inner.lock();
+        let key = (vhost.to_string(), name.to_string());
+        inner.queues.remove(&key);
+        inner
+            .deleted
+            .retain(|_, (at, keep)| now_ms.saturating_sub(*at) < *keep);
+        inner.deleted.insert(key, (now_ms, keep_ms));
+        self.write(&inner)
     }
 
     /// The settings of a queue, when they belong to the engine queue `queue_id`.
     pub fn get(&self, vhost: &str, name: &str, queue_id: u64) -> Option<QueueMeta> {
-        self.queues
+        self.inner
             .lock()
+            .queues
             .get(&(vhost.to_string(), name.to_string()))
             .filter(|m| m.queue_id == queue_id)
             .cloned()
@@ -95,8 +143,9 @@ impl MetaStore {
 
     /// Every stored entry of a vhost (ListDeadLetterSourceQueues).
     pub fn in_vhost(&self, vhost: &str) -> Vec<(String, QueueMeta)> {
-        self.queues
+        self.inner
             .lock()
+            .queues
             .iter()
             .filter(|((v, _), _)| v == vhost)
             .map(|((_, q), m)| (q.clone(), m.clone()))
@@ -105,8 +154,9 @@ impl MetaStore {
 
     /// Every stored entry: (vhost, queue name, settings).
     pub fn all(&self) -> Vec<(String, String, QueueMeta)> {
-        self.queues
+        self.inner
             .lock()
+            .queues
             .iter()
             .map(|((v, q), m)| (v.clone(), q.clone(), m.clone()))
             .collect()
@@ -120,35 +170,47 @@ impl MetaStore {
         init: impl FnOnce() -> QueueMeta,
         change: impl FnOnce(&mut QueueMeta) -> R,
     ) -> std::io::Result<R> {
-        let mut map = self.queues.lock();
+        let mut inner = self.inner.lock();
         let key = (vhost.to_string(), name.to_string());
         let fresh = init();
-        let entry = map.entry(key).or_insert_with(|| fresh.clone());
+        let entry = inner.queues.entry(key).or_insert_with(|| fresh.clone());
         if entry.queue_id != fresh.queue_id {
             *entry = fresh;
         }
         let r = change(entry);
-        self.write(&map)?;
+        self.write(&inner)?;
         Ok(r)
     }
 
     pub fn remove(&self, vhost: &str, name: &str) -> std::io::Result<()> {
-        let mut map = self.queues.lock();
-        if map.remove(&(vhost.to_string(), name.to_string())).is_some() {
-            self.write(&map)?;
+        let mut inner = self.inner.lock();
+        if inner
+            .queues
+            .remove(&(vhost.to_string(), name.to_string()))
+            .is_some()
+        {
+            self.write(&inner)?;
         }
         Ok(())
     }
 
     /// Whole-file rewrite through a temporary file and a rename, so a crash leaves the old or
     /// the new file, never half of one. Called under the lock: writers are serialized.
-    fn write(&self, map: &HashMap<(String, String), QueueMeta>) -> std::io::Result<()> {
-        let mut queues: Vec<(String, String, QueueMeta)> = map
+    fn write(&self, inner: &Inner) -> std::io::Result<()> {
+        let mut queues: Vec<(String, String, QueueMeta)> = inner
+            .queues
             .iter()
             .map(|((v, q), m)| (v.clone(), q.clone(), m.clone()))
             .collect();
         queues.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        let bytes = serde_json::to_vec_pretty(&OnDisk { queues }).map_err(std::io::Error::other)?;
+        let mut deleted: Vec<(String, String, u64, u64)> = inner
+            .deleted
+            .iter()
+            .map(|((v, q), (at, keep))| (v.clone(), q.clone(), *at, *keep))
+            .collect();
+        deleted.sort();
+        let bytes = serde_json::to_vec_pretty(&OnDisk { queues, deleted })
+            .map_err(std::io::Error::other)?;
         let tmp = self.path.with_extension("json.tmp");
         {
             use std::io::Write;
@@ -193,5 +255,25 @@ mod tests {
             .unwrap()
             .get("v", "q", 3)
             .is_none());
+    }
+
+    #[test]
+    fn deleted_names_survive_reopen_until_their_interval_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let cfg = QueueConfig::default();
+        store
+            .update("v", "q", || QueueMeta::new(3, &cfg, 100), |_| ())
+            .unwrap();
+        store.remove_deleted("v", "q", 1_000, 60_000).unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        assert!(store.get("v", "q", 3).is_none());
+        assert_eq!(store.deleted_at("v", "q"), Some(1_000));
+        assert_eq!(store.deleted_at("v", "other"), None);
+        // A later deletion forgets the names whose interval is over.
+        store.remove_deleted("v", "r", 61_000, 60_000).unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(store.deleted_at("v", "q"), None);
+        assert_eq!(store.deleted_at("v", "r"), Some(61_000));
     }
 }

@@ -70,6 +70,8 @@ pub struct AwsContext {
     pub config: AwsConfig,
     pub sqs: sqs::SqsEngine,
     pub sns: sns::SnsEngine,
+    /// SigV4 signing keys already derived, by secret and credential scope.
+    pub signing_keys: sigv4::SigningKeys,
 }
 
 impl AwsContext {
@@ -86,6 +88,7 @@ impl AwsContext {
             config,
             sqs,
             sns,
+            signing_keys: sigv4::SigningKeys::default(),
         });
         ctx.sns.attach(Arc::downgrade(&ctx));
         Ok(ctx)
@@ -415,7 +418,14 @@ fn authenticate(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    sigv4::verify(parts, body, &signed, &user.secret_access_key, now)?;
+    sigv4::verify_cached(
+        parts,
+        body,
+        &signed,
+        &user.secret_access_key,
+        now,
+        &ctx.signing_keys,
+    )?;
     if user.loopback_only && !peer.ip().is_loopback() {
         return Err(AwsError::access_denied(format!(
             "User {} may only connect from a loopback address.",

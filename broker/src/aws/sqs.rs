@@ -6,7 +6,9 @@
 //! - ReceiveMessage takes deadline leases ([`Queue::receive`]); a long poll waits on the
 //!   queue's arrival notification, so it returns as soon as a message is ready.
 //! - Receipt handles name (process boot, queue id, delivery id): a handle from before a restart
-//!   or of an earlier receive of the same message deletes nothing, as AWS's stale handles.
+//!   or of an earlier receive of the same message deletes nothing, as AWS's stale handles;
+//!   except the handles of a ReceiveRequestAttemptId answer whose leases were restored at
+//!   startup (`receive_attempts`), which name those leases.
 //! - Retention is a per-message TTL (AMQP `expiration`), the redrive policy is applied on
 //!   receive ([`Redrive`]): both can change after creation, which x-arguments cannot.
 //! - FIFO queues (`.fifo`): the message group travels in the `x-message-group-id` header and
@@ -44,6 +46,9 @@ const SQS_CONN: u64 = 0;
 const PURGE_INTERVAL_MS: u64 = 60_000;
 /// After DeleteQueue, AWS refuses a queue of the same name for 60 seconds.
 const RECREATE_INTERVAL_MS: u64 = 60_000;
+/// The total size of a SendMessageBatch's messages: AWS's ceiling for one message (1 MiB),
+/// whatever the queue's MaximumMessageSize.
+const BATCH_BYTES_MAX: usize = 1_048_576;
 /// ListQueues returns at most 1000 URLs.
 const LIST_MAX: usize = 1000;
 /// Header carrying a FIFO message's deduplication id.
@@ -83,11 +88,12 @@ pub struct SqsEngine {
     sequence: AtomicU64,
     /// Message move tasks of this process, oldest first.
     move_tasks: Mutex<Vec<Arc<MoveTask>>>,
-    /// (vhost, queue name) -> when SQS deleted it, ms: CreateQueue of that name fails with
-    /// QueueDeletedRecently for 60 s, as on AWS. In memory: a restart forgets it.
-    deleted: Mutex<HashMap<(String, String), u64>>,
-    /// FIFO ReceiveRequestAttemptId answers.
+    /// FIFO ReceiveRequestAttemptId answers, journaled (see `receive_attempts`).
     attempts: ReceiveAttempts,
+    /// Receipt handles of an earlier process that name a lease restored at startup (the
+    /// messages of a replayable receive attempt): (boot, queue id, delivery id) -> the
+    /// delivery id of that lease now.
+    restored_receipts: Mutex<HashMap<(u64, u64, u64), DeliveryId>>,
 }
 
 /// A queue found from a request's QueueUrl.
@@ -112,15 +118,48 @@ impl SqsEngine {
                 q.set_hold_groups(m.config().fifo);
             }
         }
+        let now = now_ms();
+        let (attempts, restorable) = ReceiveAttempts::open(data_dir, now)?;
+        let mut restored = Vec::new();
+        let mut restored_receipts = HashMap::new();
+        for r in restorable {
+            let Some(q) = engine
+                .vhost(&r.key.0)
+                .and_then(|v| v.queues().into_iter().find(|q| q.id == r.key.1))
+            else {
+                continue;
+            };
+            let leases: Vec<_> = r
+                .messages
+                .iter()
+                .map(|(id, v, a, _)| (*id, *v, *a))
+                .collect();
+            let Some(ids) = q.restore_leases(&leases) else {
+                continue;
+            };
+            for ((_, _, _, m), id) in r.messages.iter().zip(&ids) {
+                if let Some((boot, qid, did)) = decode_receipt(&m.receipt_handle) {
+                    restored_receipts.insert((boot, qid, did), *id);
+                }
+            }
+            restored.push((r, q, ids));
+        }
+        if !restored.is_empty() {
+            tracing::info!(
+                answers = restored.len(),
+                "SQS receive attempts restored with their leases"
+            );
+        }
+        attempts.restored(restored, now)?;
         Ok(SqsEngine {
             engine,
             meta,
             boot: rand::random(),
-            dedup: DedupStore::open(data_dir, now_ms())?,
-            sequence: AtomicU64::new(now_ms() * 1_000),
+            dedup: DedupStore::open(data_dir, now)?,
+            sequence: AtomicU64::new(now * 1_000),
             move_tasks: Mutex::new(Vec::new()),
-            deleted: Mutex::new(HashMap::new()),
-            attempts: ReceiveAttempts::default(),
+            attempts,
+            restored_receipts: Mutex::new(restored_receipts),
         })
     }
 
@@ -204,21 +243,18 @@ impl SqsEngine {
                 "The input receipt handle \"{handle}\" is not a valid receipt handle."
             ))
         };
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(handle)
-            .map_err(|_| invalid())?;
-        let text = String::from_utf8(raw).map_err(|_| invalid())?;
-        let f: Vec<&str> = text.split(':').collect();
-        let [boot, qid, did, _nonce] = f.as_slice() else {
-            return Err(invalid());
-        };
-        let boot = u64::from_str_radix(boot, 16).map_err(|_| invalid())?;
-        let qid: u64 = qid.parse().map_err(|_| invalid())?;
-        let did: u64 = did.parse().map_err(|_| invalid())?;
+        let (boot, qid, did) = decode_receipt(handle).ok_or_else(invalid)?;
         if qid != q.id {
             return Err(invalid());
         }
-        Ok((boot == self.boot).then_some(did))
+        if boot == self.boot {
+            return Ok(Some(did));
+        }
+        Ok(self
+            .restored_receipts
+            .lock()
+            .get(&(boot, qid, did))
+            .copied())
     }
 
     async fn create_queue(
@@ -253,9 +289,8 @@ impl SqsEngine {
             }
             return Ok(SqsResponse::CreateQueue(QueueUrlOutput { queue_url: url }));
         }
-        let key = (vname.clone(), i.queue_name.clone());
-        if let Some(at) = self.deleted.lock().get(&key) {
-            if now_ms().saturating_sub(*at) < RECREATE_INTERVAL_MS {
+        if let Some(at) = self.meta.deleted_at(&vname, &i.queue_name) {
+            if now_ms().saturating_sub(at) < RECREATE_INTERVAL_MS {
                 return Err(AwsError::queue_deleted_recently(
                     "You must wait 60 seconds after deleting a queue before you can create another with the same name.",
                 ));
@@ -401,15 +436,17 @@ impl SqsEngine {
     /// Returns the answer and the store Lsn the caller must wait for before answering: a
     /// batch enqueues every entry first and waits once, so its entries share one group commit
     /// instead of paying one fsync each.
+    ///
+    /// Takes the input by value: its body moves into the engine message without a copy.
     fn send(
         &self,
         ctx: &RequestContext,
         f: &Found,
-        i: &SendMessageInput,
+        mut i: SendMessageInput,
     ) -> Result<(SendMessageOutput, Lsn), AwsError> {
-        validate_send(i)?;
+        validate_send(&i)?;
         let fifo = if f.config.fifo {
-            Some(self.fifo_checks(ctx, f, i)?)
+            Some(self.fifo_checks(ctx, f, &i)?)
         } else {
             if i.message_deduplication_id.is_some() {
                 return Err(AwsError::invalid_parameter_value(
@@ -423,7 +460,7 @@ impl SqsEngine {
             // everything submitted so far.
             return Ok((out, self.engine.submitted_lsn()));
         }
-        let size = message_size(i);
+        let size = message_size(&i);
         let max = f.config.maximum_message_bytes as usize;
         if size > max {
             return Err(AwsError::invalid_parameter_value(format!(
@@ -431,14 +468,16 @@ impl SqsEngine {
             )));
         }
         let message_id = uuid::Uuid::new_v4().to_string();
+        // The digests of what was sent, before the body moves on.
+        let mut out = SendMessageOutput::for_input(&i, message_id.clone(), None);
         let mut m = Message::new(
             "",
             f.queue.name.clone(),
-            Bytes::from(i.message_body.clone()),
+            Bytes::from(std::mem::take(&mut i.message_body).into_bytes()),
         );
         let p = &mut m.properties;
         p.delivery_mode = Some(2);
-        p.message_id = Some(message_id.clone());
+        p.message_id = Some(message_id);
         p.timestamp = Some(now_ms() / 1000);
         p.user_id = Some(
             ctx.access_key_id
@@ -457,7 +496,7 @@ impl SqsEngine {
                 h.insert(DEDUP_ID_HEADER.into(), Value::long_string(dedup_id.clone()));
                 h.insert(SEQUENCE_HEADER.into(), Value::long_string(seq.clone()));
                 self.dedup
-                    .insert(key.clone(), message_id.clone(), seq.clone(), now_ms())
+                    .insert(key.clone(), out.message_id.clone(), seq.clone(), now_ms())
                     .map_err(internal)?;
                 sequence_number = Some(seq);
             }
@@ -484,10 +523,8 @@ impl SqsEngine {
                 )))
             }
         };
-        Ok((
-            SendMessageOutput::for_input(i, message_id, sequence_number),
-            lsn,
-        ))
+        out.sequence_number = sequence_number;
+        Ok((out, lsn))
     }
 
     /// FIFO send rules: a group id, no per-message delay, a deduplication id (given or the
@@ -537,15 +574,12 @@ impl SqsEngine {
         i: SendMessageBatchInput,
     ) -> Result<SqsResponse, AwsError> {
         let f = self.find(ctx, &i.queue_url)?;
-        let total: usize = i
-            .entries
-            .iter()
-            .map(|e| message_size(&e.to_send(&i.queue_url)))
-            .sum();
-        let max = f.config.maximum_message_bytes as usize;
-        if total > max {
+        let total: usize = i.entries.iter().map(SendMessageBatchEntry::size).sum();
+        // AWS: the batch's total is capped at the service's message size ceiling whatever the
+        // queue's MaximumMessageSize; each entry is still held to that attribute (in `send`).
+        if total > BATCH_BYTES_MAX {
             return Err(AwsError::batch_request_too_long(format!(
-                "Batch requests cannot be longer than {max} bytes. You have sent {total} bytes."
+                "Batch requests cannot be longer than {BATCH_BYTES_MAX} bytes. You have sent {total} bytes."
             )));
         }
         let mut out = SendMessageBatchOutput {
@@ -553,18 +587,17 @@ impl SqsEngine {
             failed: Vec::new(),
         };
         let mut last = 0;
-        for e in &i.entries {
-            match self.send(ctx, &f, &e.to_send(&i.queue_url)) {
+        for e in i.entries {
+            let (id, input) = e.into_send();
+            match self.send(ctx, &f, input) {
                 Ok((result, lsn)) => {
                     last = last.max(lsn);
-                    out.successful.push(SendMessageBatchResultEntry {
-                        id: e.id.clone(),
-                        result,
-                    })
+                    out.successful
+                        .push(SendMessageBatchResultEntry { id, result })
                 }
                 Err(err) => out
                     .failed
-                    .push(BatchResultErrorEntry::from_error(&e.id, &err)),
+                    .push(BatchResultErrorEntry::from_error(&id, &err)),
             }
         }
         // Every successful entry is durable before the answer says so.
@@ -624,63 +657,87 @@ impl SqsEngine {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         };
-        let answer: Vec<(DeliveryId, bridge::sqs::Message)> = got
-            .into_iter()
-            .map(|r| {
-                let m = &r.delivery.message;
-                let headers = m.properties.headers.as_ref();
-                let mut attributes = Attributes::new();
-                attributes.insert(
-                    "SenderId".into(),
-                    m.properties
-                        .user_id
-                        .clone()
-                        .unwrap_or_else(|| ctx.account_id.clone()),
-                );
-                attributes.insert("SentTimestamp".into(), r.enqueued_ms.to_string());
-                attributes.insert(
-                    "ApproximateReceiveCount".into(),
-                    r.delivery.delivery_count.to_string(),
-                );
-                attributes.insert(
-                    "ApproximateFirstReceiveTimestamp".into(),
-                    r.first_delivered_ms.to_string(),
-                );
-                if let Some(t) = mapping::trace_header(headers) {
-                    attributes.insert("AWSTraceHeader".into(), t);
-                }
-                for (header, attribute) in [
-                    (GROUP_ID_HEADER, "MessageGroupId"),
-                    (DEDUP_ID_HEADER, "MessageDeduplicationId"),
-                    (SEQUENCE_HEADER, "SequenceNumber"),
-                ] {
-                    if let Some(v) = headers.and_then(|h| h.get(header)).and_then(Value::as_str) {
-                        attributes.insert(attribute.into(), v.to_string());
+        // The bridge keeps only the attributes the request named: build none when it named
+        // none (most receives), except for an answer remembered for a replay, whose retry may
+        // name others.
+        let want_system = attempt.is_some()
+            || !i.attribute_names.is_empty()
+            || !i.message_system_attribute_names.is_empty();
+        let want_message_attributes = attempt.is_some() || !i.message_attribute_names.is_empty();
+        let answer: Vec<(DeliveryId, u64, bridge::sqs::Message)> =
+            got.into_iter()
+                .map(|r| {
+                    let m = &r.delivery.message;
+                    let headers = m.properties.headers.as_ref();
+                    let mut attributes = Attributes::new();
+                    if want_system {
+                        self.system_attributes(ctx, &r, &mut attributes);
                     }
-                }
-                let message = bridge::sqs::Message {
-                    message_id: m
-                        .properties
-                        .message_id
-                        .clone()
-                        .unwrap_or_else(|| derived_message_id(&q.name, r.enqueued_ms, &m.body)),
-                    receipt_handle: self.receipt_handle(q, r.delivery.id),
-                    md5_of_body: String::new(),
-                    // SQS bodies are text; a binary AMQP body is passed on lossily.
-                    body: String::from_utf8_lossy(&m.body).into_owned(),
-                    attributes,
-                    md5_of_message_attributes: None,
-                    message_attributes: mapping::from_headers(headers),
-                };
-                (r.delivery.id, message)
-            })
-            .collect();
+                    let message =
+                        bridge::sqs::Message {
+                            message_id: m.properties.message_id.clone().unwrap_or_else(|| {
+                                derived_message_id(&q.name, r.enqueued_ms, &m.body)
+                            }),
+                            receipt_handle: self.receipt_handle(q, r.delivery.id),
+                            md5_of_body: String::new(),
+                            // SQS bodies are text; a binary AMQP body is passed on lossily.
+                            body: String::from_utf8_lossy(&m.body).into_owned(),
+                            attributes,
+                            md5_of_message_attributes: None,
+                            message_attributes: if want_message_attributes {
+                                mapping::from_headers(headers)
+                            } else {
+                                MessageAttributes::new()
+                            },
+                        };
+                    (r.delivery.id, r.delivery.msg_id, message)
+                })
+                .collect();
         if let Some(key) = attempt {
             self.attempts.record(key, q, &answer, now_ms());
         }
         Ok(SqsResponse::ReceiveMessage(ReceiveMessageOutput {
-            messages: answer.into_iter().map(|(_, m)| m).collect(),
+            messages: answer.into_iter().map(|(_, _, m)| m).collect(),
         }))
+    }
+
+    /// Every system attribute of a received message (the bridge keeps the ones asked for).
+    fn system_attributes(
+        &self,
+        ctx: &RequestContext,
+        r: &crate::engine::queue::Received,
+        attributes: &mut Attributes,
+    ) {
+        let m = &r.delivery.message;
+        let headers = m.properties.headers.as_ref();
+        attributes.insert(
+            "SenderId".into(),
+            m.properties
+                .user_id
+                .clone()
+                .unwrap_or_else(|| ctx.account_id.clone()),
+        );
+        attributes.insert("SentTimestamp".into(), r.enqueued_ms.to_string());
+        attributes.insert(
+            "ApproximateReceiveCount".into(),
+            r.delivery.delivery_count.to_string(),
+        );
+        attributes.insert(
+            "ApproximateFirstReceiveTimestamp".into(),
+            r.first_delivered_ms.to_string(),
+        );
+        if let Some(t) = mapping::trace_header(headers) {
+            attributes.insert("AWSTraceHeader".into(), t);
+        }
+        for (header, attribute) in [
+            (GROUP_ID_HEADER, "MessageGroupId"),
+            (DEDUP_ID_HEADER, "MessageDeduplicationId"),
+            (SEQUENCE_HEADER, "SequenceNumber"),
+        ] {
+            if let Some(v) = headers.and_then(|h| h.get(header)).and_then(Value::as_str) {
+                attributes.insert(attribute.into(), v.to_string());
+            }
+        }
     }
 
     fn delete_message(&self, f: &Found, handle: &str) -> Result<(), AwsError> {
@@ -716,6 +773,11 @@ impl SqsEngine {
         if f.queue
             .change_visibility(id, Duration::from_secs(secs as u64))
         {
+            if f.config.fifo {
+                // A receive attempt holding it can no longer be replayed, after a restart too.
+                self.attempts
+                    .touched(&f.vhost.name, f.queue.id, id, now_ms());
+            }
             Ok(())
         } else {
             Err(not_inflight())
@@ -965,12 +1027,16 @@ impl SqsEngine {
             R::DeleteQueue(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
                 f.vhost.delete_queue_unchecked(&f.queue).map_err(internal)?;
-                let vname = Self::vhost_name(ctx);
-                self.meta.remove(&vname, &f.queue.name).map_err(internal)?;
-                let now = now_ms();
-                let mut deleted = self.deleted.lock();
-                deleted.retain(|_, at| now.saturating_sub(*at) < RECREATE_INTERVAL_MS);
-                deleted.insert((vname, f.queue.name.clone()), now);
+                // One write drops the settings and remembers the name for 60 s, so a restart
+                // still refuses it (QueueDeletedRecently).
+                self.meta
+                    .remove_deleted(
+                        &Self::vhost_name(ctx),
+                        &f.queue.name,
+                        now_ms(),
+                        RECREATE_INTERVAL_MS,
+                    )
+                    .map_err(internal)?;
                 SqsResponse::DeleteQueue(Empty {})
             }
             R::PurgeQueue(i) => {
@@ -992,7 +1058,7 @@ impl SqsEngine {
             R::SetQueueAttributes(i) => return self.set_attributes(ctx, i),
             R::SendMessage(i) => {
                 let f = self.find(ctx, &i.queue_url)?;
-                let (out, lsn) = self.send(ctx, &f, &i)?;
+                let (out, lsn) = self.send(ctx, &f, i)?;
                 self.engine.wait_durable(lsn).await;
                 SqsResponse::SendMessage(out)
             }
@@ -1011,15 +1077,23 @@ impl SqsEngine {
                     successful: Vec::new(),
                     failed: Vec::new(),
                 };
+                // Deleted together: one ack record, so the batch's acks are never split
+                // across two group commits (the answer would wait for both).
+                let mut ids = Vec::with_capacity(i.entries.len());
                 for e in &i.entries {
-                    match self.delete_message(&f, &e.receipt_handle) {
-                        Ok(()) => out.successful.push(BatchResultEntry { id: e.id.clone() }),
+                    match self.parse_receipt(&f.queue, &e.receipt_handle) {
+                        Ok(id) => {
+                            // A stale handle deletes nothing and still succeeds, as in AWS.
+                            ids.extend(id);
+                            out.successful.push(BatchResultEntry { id: e.id.clone() });
+                        }
                         Err(err) => out
                             .failed
                             .push(BatchResultErrorEntry::from_error(&e.id, &err)),
                     }
                 }
-                // One wait for the whole batch: the acks share the group commit.
+                f.queue.delete_received_many(&ids);
+                // One wait for the whole batch.
                 self.engine.wait_submitted_durable().await;
                 SqsResponse::DeleteMessageBatch(out)
             }
@@ -1101,6 +1175,23 @@ impl SqsEngine {
             R::RemovePermission(i) => return self.remove_permission(ctx, i),
         })
     }
+}
+
+/// (boot, queue id, delivery id) of a well-formed receipt handle.
+fn decode_receipt(handle: &str) -> Option<(u64, u64, u64)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(handle)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let f: Vec<&str> = text.split(':').collect();
+    let [boot, qid, did, _nonce] = f.as_slice() else {
+        return None;
+    };
+    Some((
+        u64::from_str_radix(boot, 16).ok()?,
+        qid.parse().ok()?,
+        did.parse().ok()?,
+    ))
 }
 
 /// What the FIFO rules decided for a send.

@@ -1021,6 +1021,9 @@ impl Queue {
             let mut st = self.state.lock();
             // Requeued messages go back to the head in their original order.
             let mut requeue = Vec::new();
+            // Acked messages' store ids: one ack record (one submission to the store's writer)
+            // for all of them, so a batch is never split across two group commits.
+            let mut acked = Vec::new();
             for &id in ids {
                 let Some(inflight) = st.in_flight.remove(&id) else {
                     unknown.push(id);
@@ -1028,9 +1031,25 @@ impl Queue {
                 };
                 self.release_credit(&mut st, &inflight.lease);
                 match how {
-                    Settle::Ack => self.forget(&inflight.entry),
+                    Settle::Ack => {
+                        if inflight.entry.msg_id != 0 {
+                            acked.push(inflight.entry.msg_id);
+                        }
+                        self.shared
+                            .memory_add(-(inflight.entry.msg.size_bytes() as i64));
+                    }
                     Settle::Requeue => requeue.push((id, inflight.entry)),
                     Settle::Reject => dead.push((inflight.entry, DeathReason::Rejected)),
+                }
+            }
+            if let Some(store) = self.shared.store.as_ref().filter(|_| !acked.is_empty()) {
+                match acked.as_slice() {
+                    [one] => {
+                        store.ack(self.id, *one);
+                    }
+                    many => {
+                        store.ack_many(self.id, many);
+                    }
                 }
             }
             requeue.sort_by_key(|(id, _)| *id);
@@ -1068,14 +1087,27 @@ impl Queue {
     /// `id` is not under a deadline lease: already deleted, or back to ready and received
     /// again under another id. Consumer leases cannot be settled this way.
     pub fn delete_received(&self, id: DeliveryId) -> bool {
-        {
+        self.delete_received_many(&[id]) == 1
+    }
+
+    /// [`Queue::delete_received`] for many (SQS DeleteMessageBatch): settled together, so their
+    /// acks go to the store as one record. Returns how many were deleted.
+    pub fn delete_received_many(&self, ids: &[DeliveryId]) -> usize {
+        let leased: Vec<DeliveryId> = {
             let st = self.state.lock();
-            match st.in_flight.get(&id) {
-                Some(f) if matches!(f.lease, Lease::Deadline { .. }) => {}
-                _ => return false,
-            }
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    st.in_flight
+                        .get(id)
+                        .is_some_and(|f| matches!(f.lease, Lease::Deadline { .. }))
+                })
+                .collect()
+        };
+        if leased.is_empty() {
+            return 0;
         }
-        self.settle(&[id], Settle::Ack).is_empty()
+        leased.len() - self.settle(&leased, Settle::Ack).len()
     }
 
     /// Messages held by a deadline lease (SQS ApproximateNumberOfMessagesNotVisible), and by
@@ -1130,6 +1162,52 @@ impl Queue {
             self.settle(&[id], Settle::Requeue);
         }
         true
+    }
+
+    /// Puts ready messages back under the deadline leases they had before a restart (SQS
+    /// ReceiveRequestAttemptId answers, which must stay replayable): each `(store msg_id,
+    /// visible in, received ago)` is taken from the ready messages by its store id. All or
+    /// nothing: when one of them is not ready here (acked, purged, expired, taken by a
+    /// consumer), none is leased and `None` is returned. Otherwise the new delivery ids, in
+    /// the order given.
+    pub fn restore_leases(&self, leases: &[(u64, Duration, Duration)]) -> Option<Vec<DeliveryId>> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let ready = |st: &State, id: u64| {
+            id != 0
+                && st
+                    .ready
+                    .iter()
+                    .any(|lane| lane.iter().any(|e| e.msg_id == id))
+        };
+        if leases.iter().any(|(id, _, _)| !ready(&st, *id)) {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(leases.len());
+        for &(msg_id, visible_in, received_ago) in leases {
+            let mut entry = self.pop_ready_where(&mut st, |e| e.msg_id == msg_id)?;
+            entry.delivery_count += 1;
+            if entry.first_delivered_ms == 0 {
+                entry.first_delivered_ms =
+                    now_millis().saturating_sub(received_ago.as_millis() as u64);
+            }
+            let id = st.next_delivery_id;
+            st.next_delivery_id += 1;
+            let at = now + visible_in;
+            Self::note_deadline(&mut st, at);
+            st.in_flight.insert(
+                id,
+                InFlight {
+                    entry,
+                    lease: Lease::Deadline {
+                        at,
+                        received: now.checked_sub(received_ago).unwrap_or(now),
+                    },
+                },
+            );
+            ids.push(id);
+        }
+        Some(ids)
     }
 
     /// Gives the channel's consumers' credit a chance after acks on another queue freed

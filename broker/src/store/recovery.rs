@@ -43,7 +43,7 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
     let mut replayed = 0usize;
     let mut next_seg = 1u64;
     let mut dir_changed = false;
-    let mut tail: Option<(u64, u64)> = None;
+    let mut tail: Option<(u64, u64, u64)> = None;
 
     for (i, (seg, path)) in files.iter().enumerate() {
         let (seg, is_last) = (*seg, i + 1 == files.len());
@@ -111,7 +111,16 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
             &mut max_msg_id,
         )?;
         let mut size = file_len;
-        if let Some(why) = end.bad {
+        let mut allocated = file_len;
+        let zero_tail = match end.bad {
+            Some(_) => zeros_after(path, end.good_end)?,
+            None => false,
+        };
+        if zero_tail {
+            // Space the writer extended the segment by, ahead of its records: the end of the
+            // segment, not damage. Kept as it is; the writer goes on writing into it.
+            size = end.good_end;
+        } else if let Some(why) = end.bad {
             let dropped = file_len - end.good_end;
             if is_last {
                 warn!(
@@ -125,6 +134,7 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
                 }
                 truncated_bytes += dropped;
                 size = end.good_end;
+                allocated = size;
             } else {
                 error!(
                     path = %path.display(), offset = end.good_end, bytes = dropped, reason = why,
@@ -135,21 +145,26 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
         }
         state.segs.entry(seg).or_default().size = size;
         if is_last {
-            tail = Some((seg, size));
+            tail = Some((seg, size, allocated));
         }
     }
 
     let active = match tail {
-        Some((seg, size)) => {
+        Some((seg, size, allocated)) => {
             let file = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(segment::path(dir, seg))?;
             // A process crash leaves written records in the page cache only: make what we just
             // recovered durable before anything is confirmed on top of it.
             if opts.fsync {
                 file.sync_data()?;
             }
-            Active { seg, file, size }
+            Active {
+                seg,
+                file,
+                size,
+                allocated,
+            }
         }
         None => {
             let header = Header {
@@ -169,6 +184,7 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
                 seg: next_seg,
                 file,
                 size: HEADER_LEN,
+                allocated: HEADER_LEN,
             }
         }
     };
@@ -199,6 +215,26 @@ pub(super) fn recover(opts: &StoreOptions) -> io::Result<Opened> {
             segments: replayed,
         },
     })
+}
+
+/// True when every byte of `path` from `offset` to its end is zero (and there is at least
+/// one): the writer's preallocated space (see `writer::PREALLOC_BYTES`).
+fn zeros_after(path: &Path, offset: u64) -> io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut any = false;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(any);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        any = true;
+    }
 }
 
 /// Replays the records of one segment (positioned just after its header) into `state`.

@@ -34,12 +34,13 @@ pub(super) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(segs)
 }
 
-/// Creates a segment holding only its header, opened for appending. With `fsync` the header
-/// and the directory entry are on disk before any record goes in, so recovery can tell a
-/// segment torn while being created (shorter than a header) from a corrupt one.
+/// Creates a segment holding only its header, opened for writing (records are written at
+/// their offsets, see `Active`). With `fsync` the header and the directory entry are on disk
+/// before any record goes in, so recovery can tell a segment torn while being created
+/// (shorter than a header) from a corrupt one.
 pub(super) fn create(dir: &Path, header: &Header, fsync: bool) -> io::Result<File> {
     let mut file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(path(dir, header.segment))?;
     file.write_all(&header.encode())?;

@@ -205,8 +205,10 @@ fn corrupt_last_record_is_dropped() {
 }
 
 #[test]
-fn zeroed_tail_is_truncated() {
-    // What a file system that extended the file but lost the data shows after a power loss.
+fn zeroed_tail_is_the_end_of_the_segment() {
+    // What the writer's preallocation leaves after a crash, and what a file system that
+    // extended the file but lost the data shows after a power loss: nothing to repair, and
+    // records written after the reopen go where the zeros start.
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = Store::open(opts(dir.path())).unwrap();
     for id in 1..=3 {
@@ -215,11 +217,54 @@ fn zeroed_tail_is_truncated() {
     s.close();
     let seg = last_seg(dir.path());
     let mut b = fs::read(&seg).unwrap();
+    let records_end = b.len() as u64;
     b.extend_from_slice(&[0u8; 4096]);
     fs::write(&seg, b).unwrap();
-    let (_s, rec) = reopen(opts(dir.path()));
-    assert_eq!(rec.truncated_bytes, 4096);
+    let (s, rec) = reopen(opts(dir.path()));
+    assert_eq!(rec.truncated_bytes, 0);
     assert_eq!(rec.messages.len(), 3);
+    s.enqueue(4, &[1], payload(4));
+    s.close();
+    // A clean stop cuts the zeros.
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        records_end + enqueue_len(1, payload(4).len()) as u64
+    );
+    let (_s, rec) = reopen(opts(dir.path()));
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(
+        live(&rec).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}
+
+#[test]
+fn active_segment_is_preallocated_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Store::open(opts(dir.path())).unwrap();
+    for id in 1..=3 {
+        let lsn = s.enqueue(id, &[1], payload(id));
+        wait_until("durable", || s.durable_lsn() >= lsn);
+    }
+    let seg = last_seg(dir.path());
+    // Zeros ahead of the records, written with them.
+    assert!(fs::metadata(&seg).unwrap().len() >= 1 << 19);
+    s.simulate_crash();
+    let (s, rec) = reopen(opts(dir.path()));
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(
+        live(&rec).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let lsn = s.enqueue(4, &[1], payload(4));
+    wait_until("durable", || s.durable_lsn() >= lsn);
+    s.simulate_crash();
+    let (_s, rec) = reopen(opts(dir.path()));
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(
+        live(&rec).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 }
 
 /// Five 100-byte single-queue records per segment.

@@ -27,6 +27,14 @@ const BATCH_BYTES_MAX: usize = 8 << 20;
 const COMPACT_CHUNK_BYTES: u64 = 4 << 20;
 /// Keeps one ack record (and its checksum span) to 512 KiB however many ids a purge acks.
 const ACK_IDS_PER_RECORD: usize = 64 * 1024;
+/// The active segment is extended with zeros this much at a time, ahead of its records. A
+/// group commit then writes inside space the file already has, so its fdatasync flushes the
+/// data and no inode (size, block allocation): on ext4 that is one device write and a flush
+/// instead of three writes and a flush, about a third less time per commit. Recovery reads
+/// a zero tail as the end of the segment (docs/storage.md).
+const PREALLOC_BYTES: u64 = 1 << 20;
+/// Zeros written per call while extending.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 pub(super) enum Cmd {
     Enqueue {
@@ -63,9 +71,12 @@ pub(super) struct Signals {
 
 pub(super) struct Active {
     pub seg: u64,
+    /// Opened for writing, not appending: records go at `size`, inside the zeroed space.
     pub file: File,
-    /// Bytes written to the file (not counting `Writer::buf`).
+    /// Bytes of records (and header) in the file (not counting `Writer::buf`).
     pub size: u64,
+    /// The file's length: `size` plus the zeros written ahead of it.
+    pub allocated: u64,
 }
 
 pub(super) struct Writer {
@@ -166,7 +177,11 @@ impl Writer {
                 }
             };
         }
-        // Disconnected: every command sent was handled by a batch that was committed.
+        // Disconnected: every command sent was handled by a batch that was committed. A clean
+        // stop leaves no zeros behind.
+        if let Err(e) = trim(&self.active, self.fsync) {
+            debug!(error = %e, "could not trim the active segment's preallocated space");
+        }
         debug!(last_lsn = self.last_lsn, "store writer stopped");
     }
 
@@ -297,6 +312,11 @@ impl Writer {
             max_msg_id: self.max_msg_id,
         };
         let file = segment::create(&self.dir, &header, self.fsync)?;
+        // The old segment is complete: its zeros go (not fsynced: recovery reads a zero tail
+        // as the end of a segment anyway).
+        if let Err(e) = trim(&self.active, false) {
+            debug!(error = %e, segment = self.active.seg, "could not trim a rolled segment");
+        }
         debug!(
             segment = header.segment,
             previous_bytes = self.active.size,
@@ -306,6 +326,7 @@ impl Writer {
             seg: header.segment,
             file,
             size: HEADER_LEN,
+            allocated: HEADER_LEN,
         };
         self.state.segs.insert(
             header.segment,
@@ -324,9 +345,25 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        use std::io::Write;
-        self.active.file.write_all(&self.buf)?;
-        self.active.size += self.buf.len() as u64;
+        use std::os::unix::fs::FileExt;
+        let end = self.active.size + self.buf.len() as u64;
+        self.active.file.write_all_at(&self.buf, self.active.size)?;
+        if end > self.active.allocated {
+            // Past the zeros: extend by whole steps, not past the segment's cap (a record
+            // larger than a segment gets no zeros after it).
+            let target = end
+                .next_multiple_of(PREALLOC_BYTES)
+                .max(end + PREALLOC_BYTES / 2)
+                .min(self.segment_bytes_max.max(end));
+            let mut at = end;
+            while at < target {
+                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                self.active.file.write_all_at(&ZEROS[..n], at)?;
+                at += n as u64;
+            }
+            self.active.allocated = target;
+        }
+        self.active.size = end;
         if let Some(info) = self.state.segs.get_mut(&self.active.seg) {
             info.size = self.active.size;
         }
@@ -495,6 +532,17 @@ impl Writer {
         );
         self.compaction.blocked = Some(seg);
     }
+}
+
+/// Cuts the zeros after a segment's records.
+fn trim(active: &Active, fsync: bool) -> io::Result<()> {
+    if active.allocated > active.size {
+        active.file.set_len(active.size)?;
+        if fsync {
+            active.file.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 fn seek_to(reader: &mut BufReader<File>, pos: &mut u64, offset: u64) -> io::Result<()> {
