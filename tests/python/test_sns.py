@@ -1052,7 +1052,14 @@ def test_subscription_of_a_deleted_queue_survives_a_restart(tmp_path):
         sns, sqs = client(b, "sns"), client(b, "sqs")
         [s] = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
         assert s["SubscriptionArn"] == sub
-        url = sqs.create_queue(QueueName="gone")["QueueUrl"]
+        # SQS refuses the name for 60 s after DeleteQueue, across the restart too (as AWS
+        # does); AMQP declares it at once.
+        conn = amqp(b)
+        try:
+            conn.channel().queue_declare(queue="gone", durable=True)
+        finally:
+            conn.close()
+        url = sqs.get_queue_url(QueueName="gone")["QueueUrl"]
         sns.publish(TopicArn=arn, Message="after restart")
         assert json.loads(receive(sqs, url)[0]["Body"])["Message"] == "after restart"
     finally:
