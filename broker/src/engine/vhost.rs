@@ -756,28 +756,13 @@ impl Vhost {
                     .shared
                     .vhost(&vhost)
                     .and_then(|v| v.queues.read().get(&name).cloned());
-                let (q, m) = match q {
-                    Some(q) => (Some(q), m),
-                    None => self.dead_letter(hook, dead_letters, m),
-                };
-                if let Some(q) = q {
-                    outcome.routed = true;
-                    Self::enqueue(&q, &m, &mut None, outcome);
-                }
+                self.enqueue_or_dead_letter(q, hook, dead_letters, m, outcome);
                 continue;
             }
             match dest {
                 Destination::Queue(name) => {
                     let q = self.queues.read().get(&name).cloned();
-                    // A subscription whose queue is gone: its dead-letter queue, if any.
-                    let (q, m) = match q {
-                        Some(q) => (Some(q), m),
-                        None => self.dead_letter(hook, dead_letters, m),
-                    };
-                    if let Some(q) = q {
-                        outcome.routed = true;
-                        Self::enqueue(&q, &m, &mut None, outcome);
-                    }
+                    self.enqueue_or_dead_letter(q, hook, dead_letters, m, outcome);
                 }
                 Destination::Exchange(name) => {
                     let Some(next) = self.exchange(&name) else {
@@ -804,6 +789,26 @@ impl Vhost {
                     }
                 }
             }
+        }
+    }
+
+    /// Enqueues a topic binding's copy on its queue, or, when that queue is missing (a
+    /// subscription whose queue was deleted), on the subscription's dead-letter queue if any.
+    fn enqueue_or_dead_letter(
+        &self,
+        queue: Option<Arc<Queue>>,
+        hook: Option<&Arc<dyn super::SnsFanout>>,
+        dead_letters: Option<String>,
+        m: SharedMessage,
+        outcome: &mut PublishOutcome,
+    ) {
+        let (q, m) = match queue {
+            Some(q) => (Some(q), m),
+            None => self.dead_letter(hook, dead_letters, m),
+        };
+        if let Some(q) = q {
+            outcome.routed = true;
+            Self::enqueue(&q, &m, &mut None, outcome);
         }
     }
 
